@@ -25,5 +25,5 @@ setuptools.setup(
     include_package_data=True,
     install_requires=_requirements(),
     extras_require={"test": ["pytest==9.2.0"]},
-    entry_points={"console_scripts": ["ul2flan=ul2flan.cli:main"]},
+    entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

@@ -1,7 +1,13 @@
 """seqio registrations of ul2flan. Importing this module registers every task and mixture.
 
-Installed as `ul2flan_tasks`, so upstream t5x can use the tasks with
-`--gin.MIXTURE_OR_TASK_MODULE="'ul2flan_tasks'"`.
+Installed as `ul2flan_tasks`. From upstream t5x, import it in the gin file (t5x's own advice for
+task modules that use gin), before or after the vocabulary bindings — tasks read the vocabulary
+and lengths when they are used, not when they are registered:
+
+    import ul2flan_tasks
+    get_vocabulary.kind = 'demo'          # or 'sentencepiece' with get_vocabulary.path
+
+See README.md ("Using the tasks from upstream t5x").
 """
 
 from . import lm  # noqa: F401

@@ -1,12 +1,9 @@
 """Flan instruction tasks: the embedded demo (`demo_flan`, held-out `demo_heldout`).
 
-Importing this module also makes the gin entry points for users' data known to gin:
-`flan_export_mixture` (Flan-collection exports), `raw_instruction_mixture` (raw JSONL),
-`register_tfds_task`, `register_hf_disk_task`, and the `proportion_b` / `flan2022_submix` presets.
+Users' data is registered from gin through the library's entry points (`flan_export_mixture`,
+`raw_instruction_mixture`, `register_tfds_task`, `register_hf_disk_task`): see docs/flan.md.
 """
 
-from ul2flan.flan import demo_tasks
-from ul2flan.flan import exports  # noqa: F401  (gin configurables)
-from ul2flan.flan import sources  # noqa: F401  (gin configurables)
+from ul2flan.demo import tasks
 
-demo_tasks.register_demo_tasks()
+tasks.register_demo_tasks()

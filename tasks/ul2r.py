@@ -4,31 +4,21 @@
 - `demo_ul2`: UL2's 7 denoisers over the embedded demo corpus.
 - `c4_ul2r`: UL2R over TFDS `c4/en:3.0.1` (registration reads nothing; see docs/ul2r.md to prepare).
 
-The demo lengths (128 inputs + 128 targets) suit a tiny CPU model; the trainer's
-`task_feature_lengths` replace them at `get_dataset` time, and gin's
-`ul2flan.denoisers.demo_task_lengths` sets the registered defaults (parse gin before importing
-this module).
+The demo lengths (gin: `demo_task_lengths`, default 128 inputs + 128 targets) are read when the
+task is used; the trainer's `task_feature_lengths` replace them anyway at `get_dataset` time.
 """
 
-from ul2flan import corpus_sources
-from ul2flan import denoisers
-from ul2flan import vocab
+from ul2flan.demo import corpus
+from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import sources
+from ul2flan.ul2 import tasks
 
 C4_TFDS_NAME = "c4/en:3.0.1"
 
-
-def register_ul2r_tasks() -> None:
-  vocabulary = vocab.get_vocabulary()
-  demo_lengths = denoisers.demo_task_lengths()
-  corpus_sources.register_ul2_task(
-      "demo_ul2r", corpus_sources.demo_source(), denoisers.ul2r_preset(**demo_lengths),
-      vocabulary, overwrite=True)
-  corpus_sources.register_ul2_task(
-      "demo_ul2", corpus_sources.demo_source(), denoisers.ul2_preset(**demo_lengths),
-      vocabulary, overwrite=True)
-  corpus_sources.register_ul2_task(
-      "c4_ul2r", corpus_sources.tfds_source(C4_TFDS_NAME), denoisers.ul2r_preset(),
-      vocabulary, overwrite=True)
-
-
-register_ul2r_tasks()
+tasks.register_ul2_task(
+    "demo_ul2r", sources.demo_source(),
+    lambda: denoisers.ul2r_preset(**corpus.demo_task_lengths()))
+tasks.register_ul2_task(
+    "demo_ul2", sources.demo_source(),
+    lambda: denoisers.ul2_preset(**corpus.demo_task_lengths()))
+tasks.register_ul2_task("c4_ul2r", sources.tfds_source(C4_TFDS_NAME), denoisers.ul2r_preset)

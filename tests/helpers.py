@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
-from ul2flan import checkpoints, data, model, partitioning
+import ul2flan_tasks  # noqa: F401  (registers demo_lm)
+from ul2flan import checkpoints, partitioning
+from ul2flan.model.config import DecoderConfig
+from ul2flan.training import data
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,8 +15,8 @@ MICRO = dict(vocab_size=768, d_model=64, num_layers=2, num_heads=4, num_kv_heads
              mlp_dim=128)
 
 
-def micro_config(**overrides) -> model.DecoderConfig:
-  return model.DecoderConfig(**{**MICRO, **overrides})
+def micro_config(**overrides) -> DecoderConfig:
+  return DecoderConfig(**{**MICRO, **overrides})
 
 
 def lm_dataset(batch_size=8, length=64, **kw) -> data.DatasetConfig:
@@ -24,5 +27,22 @@ def lm_dataset(batch_size=8, length=64, **kw) -> data.DatasetConfig:
 def run_cli(args, env_extra=None, timeout=300):
   env = dict(os.environ)
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, "-m", "ul2flan.cli", *args], cwd=REPO_ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "ul2flan", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+MICRO_BINDINGS = [f"DecoderConfig.{k}={v}" for k, v in MICRO.items()]
+
+
+def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
+  """Trains the micro model one step through gin, exactly as `ul2flan train` would."""
+  from ul2flan import config  # pylint: disable=g-import-not-at-top
+  from ul2flan.commands import configurables  # noqa: F401  pylint: disable=g-import-not-at-top
+  from ul2flan.training import trainer  # pylint: disable=g-import-not-at-top
+  config.parse_gin(["gin_configs/runs/pretrain.gin"], MICRO_BINDINGS + [
+      "TASK_FEATURE_LENGTHS={'targets': 32}", "BATCH_SIZE=4", "TRAIN_STEPS=1", "EVAL_PERIOD=0",
+      "train.progress=False", "CheckpointConfig.async_save=False",
+      "train/DatasetConfig.shuffle=False", "make_optimizer.name='adamw'", *extra_bindings])
+  trainer.train(model_dir)
+  config.parse_gin([])
+  return model_dir

@@ -7,9 +7,12 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from ul2flan import corpus_sources
-from ul2flan import denoisers
-from ul2flan import world
+from ul2flan.ul2 import sources as corpus_sources
+from ul2flan.ul2 import tasks as ul2_tasks
+from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import lengths as ul2_lengths
+from ul2flan.ul2 import preprocessors
+from ul2flan.demo import world
 
 DOCS = ["Alice lives in Paris. Alice is a baker.", "Bruno owns a parrot.",
         "Clara moves the ball from the box to the jar. So now the ball is in the jar."]
@@ -105,7 +108,7 @@ def test_tfds_dataset_prepared_locally(tmp_path):
 
 def test_tfds_source_definition_reads_nothing_and_use_says_how_to_prepare(tmp_path):
   source = corpus_sources.source_from_spec("tfds:c4/en:3.0.1")  # no data anywhere: no error yet
-  task = corpus_sources.register_ul2_task("test_c4_missing", source, "UL2R", overwrite=True)
+  task = ul2_tasks.register_ul2_task("test_c4_missing", source, "UL2R", overwrite=True)
   os.environ["TFDS_DATA_DIR"] = str(tmp_path)
   try:
     with pytest.raises(FileNotFoundError,
@@ -178,7 +181,7 @@ def test_text_files_per_must_be_line_or_file():
 def test_register_ul2_task_over_jsonl_files(tmp_path):
   docs = world.corpus_documents("train", num_documents=300)
   write(tmp_path / "train.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs))
-  task = corpus_sources.register_ul2_task(
+  task = ul2_tasks.register_ul2_task(
       "test_jsonl_ul2r", f"jsonl:{tmp_path}/{{split}}.jsonl", "UL2R",
       inputs_length=128, targets_length=128, overwrite=True)
   examples = list(task.get_dataset(None, split="train", shuffle=False, seed=0).as_numpy_iterator())
@@ -186,14 +189,14 @@ def test_register_ul2_task_over_jsonl_files(tmp_path):
   names = {d.name for d in denoisers.ul2r_preset().denoisers}
   assert {e["denoiser"].decode() for e in examples} == names
   assert all(len(e["inputs"]) <= 128 and len(e["targets"]) <= 128 for e in examples)
-  assert denoisers.task_mixture("test_jsonl_ul2r").inputs_length == 128
+  assert ul2_tasks.task_mixture("test_jsonl_ul2r").inputs_length == 128
   with pytest.raises(ValueError, match="already registered"):
-    corpus_sources.register_ul2_task("test_jsonl_ul2r", "demo")
+    ul2_tasks.register_ul2_task("test_jsonl_ul2r", "demo")
 
 
 def test_register_ul2_mixture_over_two_corpora(tmp_path):
   write(tmp_path / "a.txt", "\n".join(world.corpus_documents("validation")[:200]) + "\n")
-  mixture = corpus_sources.register_ul2_mixture(
+  mixture = ul2_tasks.register_ul2_mixture(
       "test_two_corpora", {"demo": ("demo", 3.0), "files": (f"text:{tmp_path}/a.txt", 1.0)},
       mixture="UL2R", inputs_length=128, targets_length=128, overwrite=True)
   assert sorted(t.name for t in mixture.tasks) == ["test_two_corpora_demo",

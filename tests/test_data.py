@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ul2flan import data
+from ul2flan.training import data
 from helpers import lm_dataset
 
 

@@ -4,6 +4,7 @@ The reference decoder here feeds one unpadded prompt at a time to the model with
 and takes the argmax of the last position, growing the sequence by one token per step.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -16,9 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ul2flan import checkpoints, cli, decoding, trainer, vocab
+from ul2flan import checkpoints, config, vocabularies as vocab
+from ul2flan.commands import configurables  # noqa: F401
+from ul2flan.commands import main as cli
+from ul2flan.evaluation import self_consistency
+from ul2flan.inference import decoding
+from ul2flan.inference import generator as generator_lib
+from ul2flan.training import trainer
 from ul2flan.evaluation import harness
-from ul2flan.model import Decoder
+from ul2flan.model.decoder import Decoder
+import helpers
 from helpers import micro_config
 
 BOS, EOS = 0, 1
@@ -213,7 +221,7 @@ def test_generator_text_round_trip():
   config = micro_config()
   params = random_params(config)
   spm = vocab.get_vocabulary()
-  generator = decoding.Generator(config, params, spm, prefix_lm=True, batch_size=4)
+  generator = generator_lib.Generator(config, params, spm, prefix_lm=True, batch_size=4)
   prompts = ["Alice lives in Paris.", "What is 12 + 7?", "The pet of Bob is a"]
   assert generator.generate([], max_new_tokens=STEPS) == []
   outputs = generator.generate(prompts, max_new_tokens=STEPS)
@@ -240,31 +248,12 @@ def test_self_consistency_votes_extracted_answers():
       return [["So the answer is 3.", "The answer is 5.", "the answer is 5", "no idea"]
               for _ in prompts]
 
-  voted = decoding.self_consistency(Canned(), ["q1", "q2"], num_samples=4, max_new_tokens=16)
+  voted = self_consistency.self_consistency(Canned(), ["q1", "q2"], num_samples=4, max_new_tokens=16)
   assert [v.answer for v in voted] == ["5", "5"]
   assert voted[0].answers == ["3", "5", "5", "no idea"]
 
 
 # ---- a real checkpoint written by the trainer ---------------------------------------------------
-MICRO_BINDINGS = [f"DecoderConfig.{k}={v}" for k, v in (
-    ("d_model", 64), ("num_layers", 2), ("num_heads", 4), ("num_kv_heads", 2), ("head_dim", 16),
-    ("mlp_dim", 128))]
-
-
-@pytest.fixture(scope="module")
-def trained_model_dir(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("decode_ckpt"))
-  gin.clear_config()
-  cli.parse_gin(["gin_configs/runs/pretrain.gin"], MICRO_BINDINGS + [
-      "TASK_FEATURE_LENGTHS={'targets': 32}", "BATCH_SIZE=4", "TRAIN_STEPS=1", "EVAL_PERIOD=0",
-      "train.progress=False", "CheckpointConfig.async_save=False",
-      "train/DatasetConfig.shuffle=False", "make_optimizer.name='adamw'"],
-      [f"MODEL_DIR='{model_dir}'"])
-  trainer.train(model_dir)
-  gin.clear_config()
-  return model_dir
-
-
 def _saved_params(model_dir):
   import orbax.checkpoint as ocp
   ckpt_dir, step = checkpoints.resolve_step_dir(model_dir)
@@ -274,7 +263,7 @@ def _saved_params(model_dir):
 
 
 def test_load_generator_from_trainer_checkpoint(trained_model_dir, tmp_path):
-  generator = decoding.load_generator(trained_model_dir)
+  generator = generator_lib.load_generator(trained_model_dir)
   assert generator.config == micro_config()
   assert generator.prefix_lm is False  # trained with the "lm" feature converter
   assert generator.max_prompt_tokens == 32  # the trained targets length
@@ -287,29 +276,33 @@ def test_load_generator_from_trainer_checkpoint(trained_model_dir, tmp_path):
       prompt), False), False, STEPS, eos_id=EOS)
   assert text == generator.vocabulary.decode([t for t in ids if t != EOS])
 
-  # A step dir with explicit gin files; the feature converter still comes from config.gin.
+  # A step dir described by gin files instead of run.json.
   gin_file = tmp_path / "micro.gin"
-  gin_file.write_text("\n".join(b.replace("=", " = ") for b in MICRO_BINDINGS) + "\n")
+  gin_file.write_text("\n".join(b.replace("=", " = ") for b in helpers.MICRO_BINDINGS)
+                      + "\nFEATURE_CONVERTER = 'prefix_lm'\n")
+  config.parse_gin([str(gin_file)])
   step_dir = os.path.join(trained_model_dir, "checkpoints", "1")
-  generator = decoding.load_generator(step_dir, gin_files=[str(gin_file)], prefix_lm=True)
+  generator = generator_lib.load_generator(step_dir, config.run_info_from_gin())
   assert generator.prefix_lm is True and generator.config == micro_config()
 
-  # A model dir whose config.gin says prefix_lm decodes as a prefix LM.
+  # A model dir whose run.json says prefix_lm decodes as a prefix LM.
   prefix_dir = tmp_path / "prefix_model"
   shutil.copytree(trained_model_dir, prefix_dir)
-  config_gin = prefix_dir / "config.gin"
-  config_gin.write_text(config_gin.read_text().replace("FEATURE_CONVERTER = 'lm'",
-                                                       "FEATURE_CONVERTER = 'prefix_lm'"))
-  assert decoding.load_generator(str(prefix_dir)).prefix_lm is True
+  run_json = prefix_dir / "run.json"
+  run_json.write_text(run_json.read_text().replace('"feature_converter": "lm"',
+                                                   '"feature_converter": "prefix_lm"'))
+  assert generator_lib.load_generator(str(prefix_dir)).prefix_lm is True
 
 
 def test_load_generator_errors(trained_model_dir, tmp_path):
   bare = tmp_path / "bare"
   shutil.copytree(os.path.join(trained_model_dir, "checkpoints"), bare / "checkpoints")
-  with pytest.raises(FileNotFoundError, match="gin_file"):
-    decoding.load_generator(str(bare))
+  with pytest.raises(FileNotFoundError, match="run.json"):
+    generator_lib.load_generator(str(bare))
+  other = dataclasses.replace(config.read_run_info(trained_model_dir),
+                              model={**micro_config().__dict__, "d_model": 32})
   with pytest.raises(checkpoints.CheckpointShapeError, match="d_model|embedding"):
-    decoding.load_generator(trained_model_dir, gin_bindings=["DecoderConfig.d_model = 32"])
+    generator_lib.load_generator(trained_model_dir, other)
 
 
 def test_infer_cli(trained_model_dir, capsys):
@@ -329,6 +322,6 @@ def test_infer_cli(trained_model_dir, capsys):
 def test_infer_cli_rejects_bad_settings_before_loading(tmp_path, capsys):
   missing = str(tmp_path / "nowhere")
   assert cli.main(["infer", f"--checkpoint={missing}", "--prompt=x", "--top_p=1.5"]) == 2
-  assert "--top_p must be in (0, 1]" in capsys.readouterr().err
+  assert "top_p must be in (0, 1]" in capsys.readouterr().err
   assert cli.main(["infer", f"--checkpoint={missing}", "--prompt=x"]) == 2
   assert "does not exist" in capsys.readouterr().err

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import seqio
 
-from ul2flan import corpus_sources
-from ul2flan import denoisers
-from ul2flan import vocab as vocab_lib
-from ul2flan import world
+from ul2flan.ul2 import sources as corpus_sources
+from ul2flan.ul2 import tasks as ul2_tasks
+from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import lengths as ul2_lengths
+from ul2flan.ul2 import preprocessors
+from ul2flan import vocabularies as vocab_lib
+from ul2flan.demo import world
 
 EOS = 1
 DOCS_PER_GROUP = denoisers.DEFAULT_DOCS_PER_GROUP
@@ -81,7 +84,7 @@ def ref_longest_segment(mu, rate, inputs_room, targets_room):
 
 
 def examples_of(mixture, num, *, seed=0, split="train", shard_info=None, sequence_length=None):
-  task = corpus_sources.register_ul2_task(
+  task = ul2_tasks.register_ul2_task(
       f"test_denoisers_{abs(hash(mixture)) % 10**8}", "demo", mixture, overwrite=True)
   ds = task.get_dataset(sequence_length, split=split, shuffle=False, seed=seed,
                         shard_info=shard_info)
@@ -232,7 +235,7 @@ def test_segments_start_with_text_and_end_with_noise_without_roll(span_case, voc
 def test_random_roll_keeps_reconstruction_and_sentinel_budget(vocabulary, corpus_tokens):
   d = denoisers.Denoiser("X", 1.0, "[NLG]", 8, 0.5)
   mixture = single(d, 256, 256, random_roll=True)
-  compiled = denoisers.compile_mixture(mixture, vocabulary)
+  compiled = ul2_lengths.compile_mixture(mixture, vocabulary)
   chunks = list(reference_chunks(corpus_tokens, compiled.max_segment_length))[:200]
   examples = examples_of(mixture, len(chunks))
   mode_len = len(vocabulary.encode("[NLG]"))
@@ -358,11 +361,11 @@ def test_host_shards_read_disjoint_data_and_draw_independent_denoisers(vocabular
 def test_more_spans_than_sentinels_is_rejected_at_definition_naming_the_limit(vocabulary):
   x = denoisers.Denoiser("X", 1.0, "[NLG]", 3, 0.5)
   with pytest.raises(ValueError, match=r"X\(mu=3,r=0.5\).*inputs_length=1024.*only 100"):
-    corpus_sources.register_ul2_task("test_too_many_spans", "demo", single(x, 1024, 1024),
+    ul2_tasks.register_ul2_task("test_too_many_spans", "demo", single(x, 1024, 1024),
                                      vocabulary, overwrite=True)
   assert "test_too_many_spans" not in seqio.TaskRegistry.names()
   with pytest.raises(ValueError, match="only 100"):
-    denoisers.compile_mixture(denoisers.ul2_preset(1024, 1024), vocabulary)
+    ul2_lengths.compile_mixture(denoisers.ul2_preset(1024, 1024), vocabulary)
 
 
 def test_cap_spans_uses_fewer_longer_spans_within_the_sentinels(vocabulary, corpus_tokens):
@@ -370,7 +373,7 @@ def test_cap_spans_uses_fewer_longer_spans_within_the_sentinels(vocabulary, corp
   mixture = single(x, 1024, 1024, cap_spans=True)
   mode_len = len(vocabulary.encode("[NLG]"))
   examples = examples_of(mixture, 20)
-  chunk_length = denoisers.compile_mixture(mixture, vocabulary).max_segment_length
+  chunk_length = ul2_lengths.compile_mixture(mixture, vocabulary).max_segment_length
   for ex, chunk in zip(examples, reference_chunks(corpus_tokens, chunk_length)):
     segment, input_order, _, span_lengths = parse_span_example(ex, mode_len, vocabulary.vocab_size)
     assert segment == chunk
@@ -381,10 +384,10 @@ def test_cap_spans_uses_fewer_longer_spans_within_the_sentinels(vocabulary, corp
 
 def test_vocabulary_without_extra_ids_uses_its_last_100_ids():
   plain = seqio.SentencePieceVocabulary(vocab_lib.DEMO_SPM_PATH)  # 668 ids, no extra ids
-  compiled = denoisers.compile_mixture(denoisers.ul2r_preset(128, 128), plain)
+  compiled = ul2_lengths.compile_mixture(denoisers.ul2r_preset(128, 128), plain)
   assert compiled.num_sentinels == 100
   assert list(compiled.sentinel_ids)[:2] == [667, 666] and min(compiled.sentinel_ids) == 568
-  compiled = denoisers.compile_mixture(denoisers.ul2r_preset(128, 128, num_sentinels=20), plain)
+  compiled = ul2_lengths.compile_mixture(denoisers.ul2r_preset(128, 128, num_sentinels=20), plain)
   assert min(compiled.sentinel_ids) == 648
 
 
@@ -411,7 +414,7 @@ def test_bad_denoiser_configs_are_rejected(kwargs, message):
 def test_mode_token_that_leaves_no_room_is_rejected(vocabulary):
   d = denoisers.Denoiser("S", 1.0, "[S2S] " * 10)
   with pytest.raises(ValueError, match="mode token"):
-    denoisers.compile_mixture(single(d, 16, 16), vocabulary)
+    ul2_lengths.compile_mixture(single(d, 16, 16), vocabulary)
 
 
 def test_presets_reproduce_the_papers():

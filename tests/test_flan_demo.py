@@ -7,9 +7,9 @@ import pytest
 import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers demo_flan / demo_heldout)
-from ul2flan import vocab
-from ul2flan import world
-from ul2flan.flan import demo_tasks
+from ul2flan import vocabularies as vocab
+from ul2flan.demo import world
+from ul2flan.demo import tasks as demo_tasks
 from ul2flan.flan import sources
 from ul2flan.flan import templates
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from ul2flan import vocab
+from ul2flan import vocabularies as vocab
 from ul2flan.flan import formatting
 from ul2flan.flan import templates as T
 

@@ -7,7 +7,7 @@ import gin
 import pytest
 import seqio
 
-from ul2flan import vocab
+from ul2flan import vocabularies as vocab
 from ul2flan.flan import mixtures
 from ul2flan.flan import rates
 from ul2flan.flan import sources

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from ul2flan import model
+from ul2flan.model import config as model_config
+from ul2flan.model import decoder as model
+from ul2flan.model import layers, losses
 from helpers import micro_config
 
 
@@ -49,7 +51,7 @@ def test_seqio_prefix_lm_features_drive_the_mask():
   """The mask built from real seqio PrefixLM-converted packed features matches the reference."""
   import seqio
   import tensorflow as tf
-  from ul2flan import vocab
+  from ul2flan import vocabularies as vocab
   v = vocab.get_vocabulary()
   ds = tf.data.Dataset.from_tensor_slices({"inputs": ["Alice lives in", "Bob"],
                                            "targets": ["Paris.", "is a baker in Lyon."]})
@@ -113,7 +115,7 @@ def test_rotary_embedding_matches_complex_rotation():
   rng = np.random.RandomState(0)
   x = rng.randn(1, 5, 2, 8).astype(np.float32)
   pos = np.arange(5)[None]
-  got = np.asarray(model.rotary_embedding(jnp.array(x), jnp.array(pos), 10000.0))
+  got = np.asarray(layers.rotary_embedding(jnp.array(x), jnp.array(pos), 10000.0))
   half = 4
   freq = 10000.0 ** (-np.arange(half) / half)
   z = (x[..., :half] + 1j * x[..., half:]) * np.exp(1j * pos[0][None, :, None, None] * freq)
@@ -121,8 +123,8 @@ def test_rotary_embedding_matches_complex_rotation():
   # Relative property: <rope(q, m), rope(k, n)> depends only on m - n.
   q, k = rng.randn(8), rng.randn(8)
   def dot(m, n):
-    a = model.rotary_embedding(jnp.array(q)[None, None, None], jnp.array([[m]]), 1e4)
-    b = model.rotary_embedding(jnp.array(k)[None, None, None], jnp.array([[n]]), 1e4)
+    a = layers.rotary_embedding(jnp.array(q)[None, None, None], jnp.array([[m]]), 1e4)
+    b = layers.rotary_embedding(jnp.array(k)[None, None, None], jnp.array([[n]]), 1e4)
     return float(jnp.sum(a * b))
   assert dot(7, 3) == pytest.approx(dot(14, 10), rel=1e-4)
 
@@ -132,7 +134,7 @@ def test_cross_entropy_and_z_loss_against_numpy():
   logits = rng.randn(2, 3, 11).astype(np.float64)
   targets = rng.randint(0, 11, size=(2, 3))
   weights = np.array([[1, 1, 0], [0, 1, 1]], np.float64)
-  nll, z, correct = model.cross_entropy_with_z_loss(jnp.array(logits, jnp.float32),
+  nll, z, correct = losses.cross_entropy_with_z_loss(jnp.array(logits, jnp.float32),
                                                     jnp.array(targets), jnp.array(weights), 1e-4)
   log_z = np.log(np.exp(logits).sum(-1))
   ref_nll = ((log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]) * weights).sum()

@@ -5,7 +5,8 @@ import os
 import gin
 import pytest
 
-from ul2flan import model
+from ul2flan.model import config as model_config
+from ul2flan.model import decoder as model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +18,7 @@ PUBLISHED = {"palm_8b": 8.63, "palm_62b": 62.50, "palm_540b": 540.35, "palm_1b":
 def test_param_count_matches_published(name):
   gin.clear_config()
   gin.parse_config_file(os.path.join(REPO, "gin_configs", "models", f"{name}.gin"))
-  cfg = model.DecoderConfig()
+  cfg = model_config.DecoderConfig()
   gin.clear_config()
   # Table 1 prints two decimals; allow that rounding (and 1e-4 relative for 540B).
   tol = max(0.005, 1e-4 * PUBLISHED[name])
@@ -28,7 +29,7 @@ def test_tiny_config_builds_model_of_analytic_size():
   import jax, jax.numpy as jnp, flax.linen as nn
   gin.clear_config()
   gin.parse_config_file(os.path.join(REPO, "gin_configs", "models", "tiny.gin"))
-  cfg = model.DecoderConfig()
+  cfg = model_config.DecoderConfig()
   gin.clear_config()
   shapes = jax.eval_shape(lambda: nn.unbox(model.Decoder(cfg).init(
       jax.random.key(0), jnp.zeros((1, 4), jnp.int32))))

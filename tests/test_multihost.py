@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from ul2flan.metrics import read_metrics
+from ul2flan.training.metrics import read_metrics
 from helpers import REPO_ROOT, run_cli
 
 MICRO_ARGS = [
@@ -42,7 +42,7 @@ def test_two_processes_match_single_process(tmp_path):
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "ul2flan.cli", "train", f"--model_dir={multi}", *MICRO_ARGS,
+      [sys.executable, "-m", "ul2flan", "train", f"--model_dir={multi}", *MICRO_ARGS,
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
        "--cpu_collectives=gloo"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -1,12 +1,16 @@
-"""Schedules against their closed forms; MFU arithmetic against PaLM's formula by hand."""
+"""Schedules against their closed forms; MFU against PaLM's formula on PaLM's published models."""
 
 import math
+import os
 
+import gin
 import numpy as np
 import pytest
 
-from ul2flan import metrics, optim
-from ul2flan.model import DecoderConfig
+from ul2flan.model.config import DecoderConfig
+from ul2flan.training import metrics, mfu, optim
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_rsqrt_schedule_is_palm_style():
@@ -51,16 +55,30 @@ def test_adafactor_unfactored_matches_hand_update():
   np.testing.assert_allclose(np.asarray(upd["w"]), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_mfu_flops_per_token_is_palm_formula():
-  cfg = DecoderConfig(vocab_size=1000, d_model=512, num_layers=8, num_heads=8, num_kv_heads=1,
-                      head_dim=64, mlp_dim=2048)
-  n = 8 * (512 * 64 * (2 * 8 + 2 * 1) + 3 * 512 * 2048 + 512) + 512  # by hand, no embeddings
-  assert metrics.model_flops_per_token(cfg, 512) == 6 * n + 12 * 8 * 8 * 64 * 512
+# PaLM (Chowdhery et al. 2022): Table 1's published totals (billions, embeddings included) and
+# architectures (layers, heads, head dim, d_model), with the 256k vocabulary.
+PALM_PUBLISHED = {"palm_8b": (8.63, 32, 16, 256, 4096), "palm_62b": (62.50, 64, 32, 256, 8192),
+                  "palm_540b": (540.35, 118, 48, 256, 18432)}
+
+
+@pytest.mark.parametrize("name", sorted(PALM_PUBLISHED))
+def test_mfu_flops_per_token_is_palm_formula_on_published_models(name):
+  """6N + 12 L H Q T (PaLM appendix B), N = published total minus the 256k x d embedding."""
+  total_b, layers, heads, head_dim, d_model = PALM_PUBLISHED[name]
+  gin.clear_config()
+  gin.parse_config_file(os.path.join(REPO, "gin_configs", "models", f"{name}.gin"))
+  cfg = DecoderConfig()
+  gin.clear_config()
+  n = total_b * 1e9 - 256_000 * d_model
+  expected = 6 * n + 12 * layers * heads * head_dim * 2048
+  # Table 1 prints the totals to two decimals (and 540B to ~1e-4): that bounds the agreement.
+  tolerance_b = max(0.005, 1e-4 * total_b)
+  assert mfu.model_flops_per_token(cfg, 2048) == pytest.approx(expected, abs=6 * tolerance_b * 1e9)
 
 
 def test_metrics_writer_writes_jsonl(tmp_path):
-  w = metrics.MetricsWriter(str(tmp_path))
-  w.write(5, {"loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1})
+  w = metrics.create_writer(str(tmp_path))
+  w.write_scalars(5, {"loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1})
   w.close()
   rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert rows == [{"step": 5, "loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1}]

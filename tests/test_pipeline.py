@@ -13,7 +13,7 @@ ARGS = ["--gin_file=tests/testdata/pipeline_micro.gin"]
 
 
 def _pipeline(model_dir, *extra):
-  return [sys.executable, "-m", "ul2flan.cli", "pipeline", *ARGS, f"--model_dir={model_dir}",
+  return [sys.executable, "-m", "ul2flan", "pipeline", *ARGS, f"--model_dir={model_dir}",
           *extra]
 
 

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from ul2flan import checkpoints, partitioning, trainer
-from ul2flan.metrics import read_metrics
+from ul2flan import checkpoints, partitioning
+from ul2flan.training import steps, trainer
+from ul2flan.training.metrics import read_metrics
 from helpers import lm_dataset, micro_config, run_cli
 
 STEPS = 6
@@ -86,7 +87,7 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
          ckpt=checkpoints.CheckpointConfig(save_period=1000, async_save=False))
   dst = tmp_path / "dst"
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
-  builder = trainer.StepBuilder(micro_config(), part, *_tx(), seed=0, z_loss=1e-4,
+  builder = steps.StepBuilder(micro_config(), part, *_tx(), seed=0, z_loss=1e-4,
                                 num_microbatches=1)
   mgr = checkpoints.make_manager(str(dst), checkpoints.CheckpointConfig())
   state, pos, how = trainer.restore_or_init(
@@ -100,7 +101,7 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
 
 
 def _tx():
-  from ul2flan import optim
+  from ul2flan.training import optim
   sched = optim.make_schedule(kind="constant", base_learning_rate=1e-3, warmup_steps=0)
   return optim.make_optimizer(sched), sched
 
@@ -108,7 +109,7 @@ def _tx():
 def test_checkpoint_of_another_shape_is_rejected_by_name(tmp_path, single_device_run):
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   bigger = micro_config(mlp_dim=256)
-  builder = trainer.StepBuilder(bigger, part, *_tx(), seed=0, z_loss=1e-4, num_microbatches=1)
+  builder = steps.StepBuilder(bigger, part, *_tx(), seed=0, z_loss=1e-4, num_microbatches=1)
   with pytest.raises(checkpoints.CheckpointShapeError, match=r"mlp/wi_gate.*\(64, 128\).*\(64, 256\)"):
     checkpoints.restore_params(str(single_device_run), builder.abstract_params)
   # The checkpoint is untouched.

@@ -12,9 +12,13 @@ import pytest
 import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers the tasks)
-from ul2flan import denoisers
-from ul2flan import inspect_task
-from ul2flan import vocab as vocab_lib
+from ul2flan.demo import corpus as demo_corpus
+from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import tasks as ul2_tasks
+from ul2flan.ul2 import lengths as ul2_lengths
+from ul2flan.ul2 import preprocessors
+from ul2flan.commands import inspect_task
+from ul2flan import vocabularies as vocab_lib
 
 EOS = 1
 
@@ -34,9 +38,9 @@ def ul2r_examples():
 def test_tasks_are_registered():
   names = seqio.TaskRegistry.names()
   assert {"demo_ul2r", "demo_ul2", "c4_ul2r"} <= set(names)
-  assert denoisers.task_mixture("demo_ul2r").name == "UL2R"
-  assert (denoisers.task_mixture("c4_ul2r").inputs_length,
-          denoisers.task_mixture("c4_ul2r").targets_length) == (1024, 1024)
+  assert ul2_tasks.task_mixture("demo_ul2r").name == "UL2R"
+  assert (ul2_tasks.task_mixture("c4_ul2r").inputs_length,
+          ul2_tasks.task_mixture("c4_ul2r").targets_length) == (1024, 1024)
 
 
 def test_demo_ul2r_fits_the_demo_lengths_with_mode_tokens(ul2r_examples, vocabulary):
@@ -171,28 +175,18 @@ def test_inspect_rejects_unknown_task_and_module(capsys):
   assert rc == 2 and "--sequence_length" in capsys.readouterr().err
 
 
-def test_inspect_rates_without_the_rates_module_says_so(monkeypatch, capsys):
-  monkeypatch.setitem(sys.modules, "ul2flan.flan.rates", None)  # makes the import fail
-  import ul2flan.flan  # the package may already hold the submodule as an attribute
-  monkeypatch.delattr(ul2flan.flan, "rates", raising=False)
-  rc, _ = inspect("demo_ul2r", "--rates")
-  assert rc == 2 and "ul2flan.flan.rates" in capsys.readouterr().err
-
-
-def test_demo_lengths_are_gin_configurable():
+def test_demo_lengths_are_gin_configurable_after_registration():
+  """Tasks read their lengths when used: a binding made after ul2flan_tasks was imported holds."""
   import gin  # pylint: disable=g-import-not-at-top
-  from ul2flan_tasks import ul2r  # pylint: disable=g-import-not-at-top
-  binding = "ul2flan.denoisers.demo_task_lengths.inputs_length"
+  binding = "demo_task_lengths.inputs_length"
   try:
     with gin.unlock_config():
       gin.bind_parameter(binding, 64)
-    ul2r.register_ul2r_tasks()
-    assert denoisers.task_mixture("demo_ul2r").inputs_length == 64
+    assert ul2_tasks.task_mixture("demo_ul2r").inputs_length == 64
     ex = next(seqio.get_mixture_or_task("demo_ul2r").get_dataset(
         None, split="validation", shuffle=False, seed=0).as_numpy_iterator())
     assert len(ex["inputs"]) <= 64
   finally:
     with gin.unlock_config():
       gin.bind_parameter(binding, 128)  # the default; leaves other gin state alone
-    ul2r.register_ul2r_tasks()
-  assert denoisers.task_mixture("demo_ul2r").inputs_length == 128
+  assert ul2_tasks.task_mixture("demo_ul2r").inputs_length == 128

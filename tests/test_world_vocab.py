@@ -4,7 +4,8 @@ import re
 
 import sentencepiece as spm
 
-from ul2flan import vocab, world
+from ul2flan import vocabularies as vocab
+from ul2flan.demo import vocab_build, world
 
 
 def test_corpus_is_deterministic_and_splits_differ():
@@ -36,7 +37,7 @@ def test_arithmetic_episodes_are_right():
 
 
 def test_shipped_vocabulary_matches_a_rebuild(tmp_path):
-  rebuilt = vocab.build_demo_spm(str(tmp_path / "spm.model"))
+  rebuilt = vocab_build.build_demo_spm(str(tmp_path / "spm.model"))
   a, b = spm.SentencePieceProcessor(), spm.SentencePieceProcessor()
   a.Load(vocab.DEMO_SPM_PATH)
   b.Load(rebuilt)

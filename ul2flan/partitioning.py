@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+logger = logging.getLogger(__name__)
+
 MESH_AXES = ("data", "fsdp", "model")
 
 # (logical name, mesh axis or tuple of mesh axes or None). Order matters: first usable rule wins.
@@ -135,7 +137,7 @@ class Partitioner:
     self.mesh = jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
                               devices=devices)
     self.rules = tuple((name, axes) for name, axes in axis_rules)
-    logging.info("mesh %s over %d devices", dict(self.mesh.shape), len(devices))
+    logger.info("mesh %s over %d devices", dict(self.mesh.shape), len(devices))
 
   @property
   def mesh_sizes(self) -> dict[str, int]:

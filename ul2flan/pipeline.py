@@ -10,12 +10,20 @@ results are cached per model.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 import time
 from typing import Sequence
 
 import gin
+
+from ul2flan import config as config_lib
+from ul2flan.demo import evaluate as demo_evaluate
+from ul2flan.demo import report
+from ul2flan.training import trainer
+
+logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
@@ -25,27 +33,18 @@ class StageSpec:
   init_from: str | None  # directory of the checkpoint to start from (params only)
 
 
-def _log(msg: str) -> None:
-  print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
               model_bindings: Sequence[str] = ()) -> str:
   """Trains one stage (or skips it when finished). Returns the stage directory."""
-  from ul2flan import cli, trainer  # pylint: disable=g-import-not-at-top
   stage_dir = os.path.join(model_dir, spec.name)
   done = os.path.join(stage_dir, "DONE")
   if os.path.exists(done):
-    _log(f"stage {spec.name}: already done, skipping")
+    logger.info(f"stage {spec.name}: already done, skipping")
     return stage_dir
-  _log(f"stage {spec.name}: training in {stage_dir}")
-  bindings = [f"MODEL_DIR = '{stage_dir}'"]
-  if spec.init_from:
-    bindings.append(f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'")
-  with gin.unlock_config():
-    gin.clear_config()
-  cli.parse_gin(list(model_gin) + list(spec.gin_files), list(model_bindings) + list(spec.bindings),
-                bindings)
+  logger.info(f"stage {spec.name}: training in {stage_dir}")
+  bindings = [f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'"] if spec.init_from else []
+  config_lib.parse_gin(list(model_gin) + list(spec.gin_files),
+                       bindings + list(model_bindings) + list(spec.bindings))
   trainer.train(stage_dir, stage_name=spec.name)
   with open(done, "w") as f:
     f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
@@ -77,7 +76,7 @@ def run_pipeline(model_dir: str, *,
 
   if initial_checkpoint_path:
     base_dir = initial_checkpoint_path
-    _log(f"stage base: using the given checkpoint {base_dir}")
+    logger.info(f"stage base: using the given checkpoint {base_dir}")
   else:
     base_dir = stage(StageSpec("base", base_gin_files, base_bindings, None))
   ul2r_dir = stage(StageSpec("ul2r", ul2r_gin_files, ul2r_bindings, base_dir))
@@ -90,14 +89,13 @@ def run_pipeline(model_dir: str, *,
     dirs["flan_base"] = stage(StageSpec(
         "flan_base", flan_gin_files,
         flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm_causal'",), base_dir))
-  _log(f"training stages finished after {time.time() - t0:.0f}s")
+  logger.info(f"training stages finished after {time.time() - t0:.0f}s")
   if not evaluate:
     return 0
-  from ul2flan import demo_eval, report  # pylint: disable=g-import-not-at-top
-  results = {name: demo_eval.evaluate_model(name, dirs[name], model_dir, eval_settings)
+  results = {name: demo_evaluate.evaluate_model(name, dirs[name], model_dir, eval_settings)
              for name in report.LABELS if name in dirs}
   path = report.write_report(model_dir, dirs, results, eval_settings)
-  _log(f"report: {path} (total {time.time() - t0:.0f}s)")
+  logger.info(f"report: {path} (total {time.time() - t0:.0f}s)")
   print(open(path).read())
   return 0
 

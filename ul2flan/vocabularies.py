@@ -1,78 +1,208 @@
-"""Vocabularies: the embedded demo SentencePiece model, or any SentencePiece model by path.
+"""Vocabularies, and the one place that says which ids are sentinels.
 
-The demo model is trained on the generated corpus (`ul2flan.world`) with one thread, which makes the
-training deterministic; the trained file is shipped in `ul2flan/assets/` and `build_demo_spm()`
-rebuilds it (a test checks that the rebuild reproduces the shipped file's pieces).
-T5 conventions: pad=0, eos=1, unk=2, no BOS; byte fallback so any text (e.g. benchmark prompts in
-other languages) is encodable; digits split so arithmetic stays learnable at toy scale.
+* `get_vocabulary()` (gin: `get_vocabulary.kind` / `.path` / `.extra_ids`) is the vocabulary a run
+  trains with: the embedded demo SentencePiece model, or any SentencePiece model by path.
+* `ConfiguredVocabulary()` is what registered tasks hold: a `seqio.Vocabulary` that looks up
+  `get_vocabulary()` each time it is used, so a task registered before gin is parsed (importing
+  `ul2flan_tasks` from a gin file, as t5x does) still uses the vocabulary bound afterwards, and the
+  model and every task can never disagree.
+* Sentinels: `sentinel_ids(vocabulary)` lists sentinel k at index k. A vocabulary may define its
+  own (`vocabulary.sentinel_ids()`); otherwise the T5 convention holds: sentinel k has id
+  `vocab_size - 1 - k`, over the vocabulary's extra ids, or over the last 100 ids of a vocabulary
+  without extra ids (U-PaLM reused the last 100 ids of PaLM's vocabulary).
+
+T5 id conventions for SentencePiece: pad=0 (also the decoder's BOS), eos=1, unk=2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import io
 import os
-import tempfile
+from typing import Sequence
 
 import gin
 import seqio
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_SPM_PATH = os.path.join(ASSETS_DIR, "demo_spm.model")
-DEMO_SPM_PIECES = 668  # + 100 sentinels = 768 ids; the corpus supports at most ~714 pieces
 DEFAULT_EXTRA_IDS = 100
+DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS = 100  # U-PaLM reused the last 100 ids of PaLM's vocab
+PAD_ID = 0  # also BOS: decoder inputs are targets shifted right with a leading 0
+EOS_ID = 1
 
 
-def build_demo_spm(output_path: str = DEMO_SPM_PATH) -> str:
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  from ul2flan import world  # pylint: disable=g-import-not-at-top
-
-  with tempfile.TemporaryDirectory() as tmp:
-    text_path = os.path.join(tmp, "corpus.txt")
-    with open(text_path, "w") as f:
-      for doc in world.corpus_documents("train"):
-        f.write(doc + "\n")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        input=text_path, model_writer=model, vocab_size=DEMO_SPM_PIECES, model_type="unigram",
-        character_coverage=1.0, byte_fallback=True, split_digits=True, num_threads=1,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, input_sentence_size=0,
-        shuffle_input_sentence=False, minloglevel=2)
-  os.makedirs(os.path.dirname(output_path) or ".", exist_ok=True)
-  with open(output_path, "wb") as f:
-    f.write(model.getvalue())
-  return output_path
-
-
-@gin.configurable
 @functools.lru_cache(maxsize=None)
 def demo_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """The embedded demo vocabulary (668 pieces + `extra_ids` T5 sentinels = 768 ids)."""
   if not os.path.exists(DEMO_SPM_PATH):
     raise FileNotFoundError(
-        f"{DEMO_SPM_PATH} is missing; rebuild it with `python -m ul2flan.vocab`.")
+        f"{DEMO_SPM_PATH} is missing; rebuild it with `python -m ul2flan.demo.vocab_build`.")
   return seqio.SentencePieceVocabulary(DEMO_SPM_PATH, extra_ids=extra_ids)
 
 
-@gin.configurable
-def sentencepiece_vocabulary(path: str = gin.REQUIRED,
-                             extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
+@functools.lru_cache(maxsize=None)
+def sentencepiece_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
   """A user's SentencePiece model (e.g. a PaLM / T5 / Llama-style `.model` file)."""
   if not os.path.exists(path) and "://" not in path:
     raise FileNotFoundError(f"SentencePiece model {path!r} does not exist.")
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+VOCABULARY_KINDS = ("demo", "sentencepiece")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularySpec:
+  """Which vocabulary: what `run.json` records so a trained model can be used without gin."""
+  kind: str = "demo"
+  path: str | None = None
+  extra_ids: int = DEFAULT_EXTRA_IDS
+
+  def build(self) -> seqio.Vocabulary:
+    if self.kind == "demo":
+      return demo_vocabulary(self.extra_ids)
+    if self.kind == "sentencepiece":
+      if not self.path:
+        raise ValueError("get_vocabulary.kind = 'sentencepiece' needs get_vocabulary.path")
+      return sentencepiece_vocabulary(self.path, self.extra_ids)
+    raise ValueError(f"unknown vocabulary kind {self.kind!r}; use one of {VOCABULARY_KINDS}")
+
+
 @gin.configurable
 def get_vocabulary(kind: str = "demo", path: str | None = None,
                    extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
-  """The vocabulary every registered task uses; chosen by gin (`get_vocabulary.kind`)."""
-  if kind == "demo":
-    return demo_vocabulary(extra_ids)
-  if kind == "sentencepiece":
-    return sentencepiece_vocabulary(path, extra_ids)
-  raise ValueError(f"unknown vocabulary kind {kind!r}; use 'demo' or 'sentencepiece'")
+  """The vocabulary every registered task and the model use; chosen by gin."""
+  return VocabularySpec(kind, path, extra_ids).build()
 
 
-if __name__ == "__main__":
-  print("wrote", build_demo_spm())
+def configured_spec() -> VocabularySpec:
+  """The `VocabularySpec` that gin's current `get_vocabulary` bindings describe."""
+  values = {}
+  for field in dataclasses.fields(VocabularySpec):
+    try:
+      values[field.name] = gin.query_parameter(f"get_vocabulary.{field.name}")
+    except ValueError:  # unbound: the default
+      pass
+  return VocabularySpec(**values)
+
+
+class ConfiguredVocabulary(seqio.Vocabulary):
+  """`get_vocabulary()` looked up at every use (see the module docstring)."""
+
+  def __init__(self):  # pylint: disable=super-init-not-called
+    pass  # no state of its own: everything is delegated
+
+  @property
+  def resolved(self) -> seqio.Vocabulary:
+    return get_vocabulary()
+
+  # seqio.Vocabulary's public surface, delegated.
+  @property
+  def eos_id(self):
+    return self.resolved.eos_id
+
+  @property
+  def pad_id(self):
+    return self.resolved.pad_id
+
+  @property
+  def unk_id(self):
+    return self.resolved.unk_id
+
+  @property
+  def extra_ids(self):
+    return self.resolved.extra_ids
+
+  @property
+  def vocab_size(self):
+    return self.resolved.vocab_size
+
+  @property
+  def _base_vocab_size(self):
+    return self.resolved._base_vocab_size  # pylint: disable=protected-access
+
+  def encode(self, s):
+    return self.resolved.encode(s)
+
+  def decode(self, ids):
+    return self.resolved.decode(ids)
+
+  def encode_tf(self, s):
+    return self.resolved.encode_tf(s)
+
+  def decode_tf(self, ids):
+    return self.resolved.decode_tf(ids)
+
+  def _encode(self, s):
+    return self.resolved._encode(s)  # pylint: disable=protected-access
+
+  def _decode(self, ids):
+    return self.resolved._decode(ids)  # pylint: disable=protected-access
+
+  def _encode_tf(self, s):
+    return self.resolved._encode_tf(s)  # pylint: disable=protected-access
+
+  def _decode_tf(self, ids):
+    return self.resolved._decode_tf(ids)  # pylint: disable=protected-access
+
+  def __getattr__(self, name):  # vocabulary-specific extras (e.g. sentinel_ids, tokenizer)
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.resolved, name)
+
+  def __eq__(self, other):
+    if isinstance(other, ConfiguredVocabulary):
+      return True
+    return self.resolved == other
+
+  def __hash__(self):
+    return hash(ConfiguredVocabulary)
+
+  def __repr__(self):
+    return f"ConfiguredVocabulary({self.resolved!r})"
+
+
+def configured() -> ConfiguredVocabulary:
+  return ConfiguredVocabulary()
+
+
+def resolve(vocabulary: seqio.Vocabulary) -> seqio.Vocabulary:
+  """The concrete vocabulary behind a `ConfiguredVocabulary` (others are returned as they are)."""
+  return vocabulary.resolved if isinstance(vocabulary, ConfiguredVocabulary) else vocabulary
+
+
+# ------------------------------------------------------------------------------------------------
+# Sentinels.
+
+def sentinel_ids(vocabulary: seqio.Vocabulary, num_sentinels: int | None = None
+                 ) -> tuple[int, ...]:
+  """The sentinel ids, sentinel k at index k.
+
+  `num_sentinels` None: all the vocabulary offers (its own `sentinel_ids()`, else its extra ids,
+  else the last 100 ids). A number asks for that many and fails if the vocabulary has fewer.
+  """
+  own = getattr(vocabulary, "sentinel_ids", None)
+  if callable(own):
+    ids = tuple(int(i) for i in own())
+    if num_sentinels is not None:
+      if num_sentinels > len(ids):
+        raise ValueError(f"{num_sentinels} sentinels requested but the vocabulary offers "
+                         f"{len(ids)}")
+      ids = ids[:num_sentinels]
+    return ids
+  if num_sentinels is None:
+    extra_ids = getattr(vocabulary, "extra_ids", 0) or 0
+    num_sentinels = extra_ids if extra_ids > 0 else DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS
+  if num_sentinels < 1:
+    raise ValueError(f"num_sentinels must be >= 1, got {num_sentinels}")
+  if num_sentinels >= vocabulary.vocab_size:
+    raise ValueError(f"num_sentinels={num_sentinels} leaves no ordinary token in a vocabulary of "
+                     f"{vocabulary.vocab_size} ids")
+  top = vocabulary.vocab_size - 1
+  return tuple(range(top, top - num_sentinels, -1))
+
+
+def sentinel_names(ids: Sequence[int]) -> dict[int, str]:
+  """{id: "<extra_id_k>"}: how tools show sentinel k, whatever the vocabulary calls that id."""
+  return {int(i): f"<extra_id_{k}>" for k, i in enumerate(ids)}

@@ -5,7 +5,6 @@
       [--self_consistency N] [--gin_file FILE ...] [--gin.NAME=VALUE ...]
 
 The data is checked before the checkpoint is loaded, so a wrong --data_dir fails in seconds.
-Also runnable as `python -m ul2flan.evaluation.cli ...`.
 """
 
 from __future__ import annotations
@@ -14,12 +13,13 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
-from collections.abc import Sequence
 
+from ul2flan.commands import infer
 from ul2flan.evaluation import common
 from ul2flan.evaluation import harness
 from ul2flan.evaluation import suite
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="Gin file(s) of the model, for building the generator.")
-  # `--gin.NAME=VALUE` bindings are split off before parsing (see ul2flan.cli.split_gin_args)
-  # and arrive as `args.gin`.
+  # `--gin.NAME=VALUE` bindings are split off by ul2flan.config.split_gin_args: `args.gin`.
 
 
 def token_counter(generator: object) -> common.TokenCounter | None:
@@ -76,24 +75,20 @@ def run(args: argparse.Namespace) -> int:
         sc_top_k=args.sc_top_k, max_new_tokens=args.max_new_tokens, seed=args.seed)
     tasks = suite.build_tasks(args.data_dir, args.benchmark, args.mode,
                               mmlu_split=args.mmlu_split, mmlu_cot_prompts=args.mmlu_cot_prompts)
-  except (common.EvalDataError, ValueError) as e:
-    print(f"ul2flan eval: {e}", file=sys.stderr)
-    return 2
+  except common.EvalDataError as e:
+    raise ValueError(str(e)) from None
   for task in tasks:
     if task.missing:
-      logging.warning("%s: no data for %d subtasks: %s", task.name, len(task.missing),
+      logger.warning("%s: no data for %d subtasks: %s", task.name, len(task.missing),
                       ", ".join(task.missing))
 
-  from ul2flan import decoding  # pylint: disable=g-import-not-at-top  (pulls in JAX)
-  generator = decoding.load_generator(args.checkpoint, gin_files=args.gin_file,
-                                      gin_bindings=list(getattr(args, "gin", None) or []))
+  generator = infer.load_generator(args)
   count_tokens = token_counter(generator)
   # A generator that knows its input length limit may say so; the flag overrides it.
   budget = args.max_prompt_tokens or getattr(generator, "max_prompt_tokens", None)
   if budget is not None and count_tokens is None:
-    print("ul2flan eval: a prompt token budget needs a generator with count_tokens() or a "
-          "vocabulary; this one has neither.", file=sys.stderr)
-    return 2
+    raise ValueError("a prompt token budget needs a generator with count_tokens() or a "
+                     "vocabulary; this one has neither")
   output_dir = args.output_dir or os.path.join(args.checkpoint, "eval")
   config = dataclasses.replace(
       config, max_prompt_tokens=budget,
@@ -102,19 +97,3 @@ def run(args: argparse.Namespace) -> int:
   print(harness.format_summary(summary))
   print(f"results: {os.path.join(output_dir, 'results.json')}")
   return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  from ul2flan import cli as main_cli  # pylint: disable=g-import-not-at-top
-
-  bindings, rest = main_cli.split_gin_args(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="ul2flan eval", description=__doc__.split("\n")[0])
-  add_arguments(parser)
-  args = parser.parse_args(rest)
-  args.gin = bindings
-  return run(args)
-
-
-if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO)
-  sys.exit(main())

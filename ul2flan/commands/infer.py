@@ -4,7 +4,7 @@
       [--temperature T] [--top_k K] [--top_p P] [--num_samples N] [--self_consistency]
       [--gin_file FILE ...] [--gin.NAME=VALUE ...] [--prefix_lm | --no-prefix_lm] [--json]
 
-Without gin files the model is configured by the config.gin the trainer wrote into the model dir,
+Without gin files the model is described by the run.json the trainer wrote into the model dir,
 which also says whether it is a prefix LM. `--self_consistency` samples chains (default 40 at
 temperature 0.7, top-k 40, the self-consistency paper's setting) and majority-votes the answers
 extracted from them ("... the answer is X").
@@ -16,6 +16,12 @@ import argparse
 import collections
 import json
 import sys
+
+from ul2flan import config as config_lib
+from ul2flan.commands import configurables  # noqa: F401  pylint: disable=unused-import
+from ul2flan.evaluation import self_consistency
+from ul2flan.inference import decoding
+from ul2flan.inference import generator as generator_lib
 
 SC_DEFAULTS = {"temperature": 0.7, "top_k": 40, "num_samples": 40}
 
@@ -40,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch_size", type=int, default=16, help="Sequences per decode call.")
   parser.add_argument("--prefix_lm", action=argparse.BooleanOptionalAction, default=None,
                       help="Attend bidirectionally over the prompt (default: from the "
-                           "checkpoint's gin config).")
+                           "checkpoint's run.json).")
   parser.add_argument("--json", action="store_true", help="One JSON object per prompt.")
   parser.add_argument("--gin_file", action="append", default=[],
-                      help="Gin file(s) of the model (default: the model dir's config.gin).")
-  # `--gin.NAME=VALUE` bindings are split off by ul2flan.cli and arrive as `args.gin`.
+                      help="Gin file(s) of the model (default: the model dir's run.json).")
+  # `--gin.NAME=VALUE` bindings are split off by ul2flan.config.split_gin_args: `args.gin`.
 
 
 def sampling_settings(args: argparse.Namespace) -> dict:
@@ -59,14 +65,8 @@ def sampling_settings(args: argparse.Namespace) -> dict:
   }
   if args.max_new_tokens < 1:
     raise ValueError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-  if settings["temperature"] < 0:
-    raise ValueError(f"--temperature must be >= 0, got {settings['temperature']}")
-  if settings["top_k"] is not None and settings["top_k"] < 1:
-    raise ValueError(f"--top_k must be >= 1, got {settings['top_k']}")
-  if settings["top_p"] is not None and not 0 < settings["top_p"] <= 1:
-    raise ValueError(f"--top_p must be in (0, 1], got {settings['top_p']}")
-  if settings["num_samples"] < 1:
-    raise ValueError(f"--num_samples must be >= 1, got {settings['num_samples']}")
+  decoding.check_sampling(settings["temperature"], settings["top_k"], settings["top_p"],
+                          settings["num_samples"])
   if args.self_consistency and settings["temperature"] == 0 and settings["num_samples"] > 1:
     raise ValueError("--self_consistency with --temperature 0 would vote over identical greedy "
                      "chains; use a temperature > 0.")
@@ -91,16 +91,24 @@ def _print_text(prompt: str, index: int, record: dict) -> None:
     print(sample)
 
 
+def load_generator(args: argparse.Namespace, **kwargs) -> generator_lib.Generator:
+  """The checkpoint's generator: described by its run.json, or by --gin_file/--gin bindings."""
+  run_info = None
+  if args.gin and not args.gin_file:
+    raise ValueError("--gin.NAME=VALUE bindings describe a model given by --gin_file; without "
+                     "gin files the model is the one its run.json describes")
+  if args.gin_file:
+    config_lib.parse_gin(args.gin_file, args.gin)
+    run_info = config_lib.run_info_from_gin()
+  return generator_lib.load_generator(args.checkpoint, run_info, **kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
   settings = sampling_settings(args)
-  from ul2flan import decoding  # pylint: disable=g-import-not-at-top  (pulls in JAX)
-
-  generator = decoding.load_generator(args.checkpoint, gin_files=args.gin_file,
-                                      gin_bindings=list(getattr(args, "gin", None) or []),
-                                      prefix_lm=args.prefix_lm, batch_size=args.batch_size)
+  generator = load_generator(args, prefix_lm=args.prefix_lm, batch_size=args.batch_size)
   common = dict(max_new_tokens=args.max_new_tokens, top_p=settings["top_p"], seed=args.seed)
   if args.self_consistency:
-    voted = decoding.self_consistency(
+    voted = self_consistency.self_consistency(
         generator, args.prompt, num_samples=settings["num_samples"],
         temperature=settings["temperature"], top_k=settings["top_k"], **common)
     records = [{"answer": v.answer, "answers": v.answers, "samples": v.samples} for v in voted]

@@ -16,6 +16,16 @@ import json
 import sys
 from typing import Any, Iterable, Mapping, Sequence, TextIO
 
+import seqio
+import tensorflow as tf
+
+from ul2flan import config as config_lib
+from ul2flan import vocabularies
+from ul2flan.commands import configurables  # noqa: F401  pylint: disable=unused-import
+from ul2flan.flan import rates
+from ul2flan.ul2 import lengths as ul2_lengths
+from ul2flan.ul2 import tasks as ul2_tasks
+
 DEFAULT_MODULE = "ul2flan_tasks"
 NO_DENOISER = "(none)"
 
@@ -61,10 +71,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _apply_gin(args: argparse.Namespace) -> None:
   bindings = getattr(args, "gin", None) or []
   if args.gin_file or bindings:
-    # The UL2 configurables must exist before parsing; the tasks must register after it.
-    # pylint: disable=g-import-not-at-top,unused-import
-    from ul2flan import cli, corpus_sources, denoisers  # noqa: F401
-    cli.parse_gin(args.gin_file, bindings)
+    config_lib.parse_gin(args.gin_file, bindings)
 
 
 def _import_modules(modules: Sequence[str]) -> None:
@@ -76,7 +83,6 @@ def _import_modules(modules: Sequence[str]) -> None:
 
 
 def _get_task(name: str):
-  import seqio  # pylint: disable=g-import-not-at-top
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
@@ -101,9 +107,8 @@ def _parse_sequence_length(text: str | None) -> dict[str, int] | None:
 
 def _task_mixtures(task) -> dict[str, Any]:
   """{task name: DenoiserMixture} for the UL2 tasks inside `task` (a task or a mixture)."""
-  from ul2flan import denoisers  # pylint: disable=g-import-not-at-top
   subtasks = getattr(task, "tasks", None) or [task]
-  found = {t.name: denoisers.task_mixture(t.name) for t in subtasks}
+  found = {t.name: ul2_tasks.task_mixture(t.name) for t in subtasks}
   return {k: v for k, v in found.items() if v is not None}
 
 
@@ -122,19 +127,18 @@ def _default_sequence_length(mixtures: Mapping[str, Any]) -> dict[str, int] | No
 class _Renderer:
   """Decodes ids, showing sentinels as <extra_id_k> whatever the vocabulary calls those ids."""
   vocabulary: Any
-  sentinel_ids: frozenset[int] = frozenset()
+  sentinel_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
   def decode(self, ids: Sequence[int]) -> str:
-    if not self.sentinel_ids:
+    if not self.sentinel_names:
       return self.vocabulary.decode(list(ids))
     parts, run = [], []
-    top = self.vocabulary.vocab_size - 1
     for i in ids:
-      if i in self.sentinel_ids:
+      if i in self.sentinel_names:
         if run:
           parts.append(self.vocabulary.decode(run))
           run = []
-        parts.append(f"<extra_id_{top - i}>")
+        parts.append(self.sentinel_names[i])
       else:
         run.append(i)
     if run:
@@ -212,8 +216,6 @@ def _span_statistics(ex: Mapping[str, Any], compiled, eos_id: int) -> tuple[int,
 def _packing_waste(examples: Sequence[Mapping[str, Any]],
                    sequence_length: Mapping[str, int] | None) -> float:
   """Fraction of padding in the packed rows the trainer's feature converter would build."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not examples:
     return float("nan")
   keys = [k for k in ("inputs", "targets") if k in examples[0]]
@@ -234,8 +236,7 @@ def _packing_waste(examples: Sequence[Mapping[str, Any]],
 
 def _print_stats(examples: Sequence[Mapping[str, Any]], mixtures: Mapping[str, Any],
                  vocabulary, sequence_length: Mapping[str, int] | None, out: TextIO) -> None:
-  from ul2flan import denoisers  # pylint: disable=g-import-not-at-top
-  compiled = {name: denoisers.compile_mixture(m, vocabulary, sequence_length)
+  compiled = {name: ul2_lengths.compile_mixture(m, vocabulary, sequence_length)
               for name, m in mixtures.items()}
   configured = collections.defaultdict(float)
   for m in mixtures.values():  # across several UL2 tasks the task rates are not known: sum
@@ -283,10 +284,6 @@ def _print_stats(examples: Sequence[Mapping[str, Any]], mixtures: Mapping[str, A
 # ------------------------------------------------------------------------------------------------
 
 def _print_rates(name: str, split: str, out: TextIO) -> None:
-  try:
-    from ul2flan.flan import rates  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise InspectError(f"--rates needs ul2flan.flan.rates, which is not available ({e})") from None
   print(rates.rates_table(name, split), file=out)
 
 
@@ -314,26 +311,17 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     raise InspectError(str(e)) from None
   if not examples:
     raise InspectError(f"{args.name!r} split {args.split!r} produced no examples")
-  vocabularies = {k: f.vocabulary for k, f in task.output_features.items()}
-  sentinel_ids = frozenset()
+  feature_vocabularies = {k: f.vocabulary for k, f in task.output_features.items()}
+  names: dict[int, str] = {}
   if mixtures:
-    from ul2flan import denoisers  # pylint: disable=g-import-not-at-top
-    any_vocab = next(iter(vocabularies.values()))
+    any_vocab = next(iter(feature_vocabularies.values()))
     for m in mixtures.values():
-      sentinel_ids |= set(denoisers.compile_mixture(m, any_vocab, sequence_length).sentinel_ids)
-  renderers = {k: _Renderer(v, sentinel_ids) for k, v in vocabularies.items()}
+      compiled = ul2_lengths.compile_mixture(m, any_vocab, sequence_length)
+      names.update(vocabularies.sentinel_names(compiled.sentinel_ids))
+  renderers = {k: _Renderer(v, names) for k, v in feature_vocabularies.items()}
   _print_examples(examples[:num_examples], renderers, args.format, out)
   if args.stats:
-    vocabulary = vocabularies.get("targets") or next(iter(vocabularies.values()))
+    vocabulary = (feature_vocabularies.get("targets")
+                  or next(iter(feature_vocabularies.values())))
     _print_stats(examples[:args.stats_examples], mixtures, vocabulary, sequence_length, out)
   return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="ul2flan inspect-task", description=__doc__)
-  add_arguments(parser)
-  return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-  sys.exit(main())

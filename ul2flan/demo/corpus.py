@@ -1,11 +1,17 @@
-"""seqio data sources over the embedded demo corpus (`ul2flan.world`), with no downloads."""
+"""The embedded demo corpus (`ul2flan.demo.world`) as a seqio source, and the demo UL2 lengths.
+
+A leaf module: it depends on the world generator only, so corpus sources anywhere may offer it.
+"""
 
 from __future__ import annotations
 
+import gin
 import seqio
 import tensorflow as tf
 
-from ul2flan import world
+from ul2flan.demo import world
+
+SPLITS = ("train", "validation")
 
 
 def demo_corpus_source(seed: int = 0) -> seqio.DataSource:
@@ -13,10 +19,20 @@ def demo_corpus_source(seed: int = 0) -> seqio.DataSource:
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # one in-memory "file"; shuffling happens in the task pipeline
-    return tf.data.Dataset.from_tensor_slices({"text": world.corpus_documents(split, seed=corpus_seed)})
+    return tf.data.Dataset.from_tensor_slices(
+        {"text": world.corpus_documents(split, seed=corpus_seed)})
 
   corpus_seed = seed
   return seqio.FunctionDataSource(
-      dataset_fn=dataset_fn, splits=("train", "validation"),
-      num_input_examples={"train": len(world.corpus_documents("train", seed=seed)),
-                          "validation": len(world.corpus_documents("validation", seed=seed))})
+      dataset_fn=dataset_fn, splits=SPLITS,
+      num_input_examples={split: len(world.corpus_documents(split, seed=seed))
+                          for split in SPLITS})
+
+
+@gin.configurable
+def demo_task_lengths(inputs_length: int = 128, targets_length: int = 128) -> dict[str, int]:
+  """Lengths of the demo UL2 tasks (`demo_ul2r`, `demo_ul2`), sized for a tiny CPU model.
+
+  Read when a task is used, not when it is registered, so a gin binding anywhere applies.
+  """
+  return {"inputs_length": inputs_length, "targets_length": targets_length}

@@ -12,13 +12,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
-import sys
 import time
 
-from ul2flan import world
+from ul2flan import vocabularies
+from ul2flan.demo import tasks as demo_tasks
+from ul2flan.demo import world
+from ul2flan.evaluation import harness
+from ul2flan.evaluation import scoring
+from ul2flan.evaluation import suite
+from ul2flan.inference import generator as generator_lib
+
+logger = logging.getLogger(__name__)
 
 
 def _normalize(text: str) -> str:
@@ -28,7 +36,6 @@ def _normalize(text: str) -> str:
 
 
 def extract_answer(prediction: str) -> str:
-  from ul2flan.evaluation import scoring  # pylint: disable=g-import-not-at-top
   cot = scoring.extract_cot_answer(prediction)
   text = cot if cot else prediction
   return text.split("\n")[0]
@@ -62,7 +69,7 @@ def _infilling_prompt_tokens(vocabulary, item: dict, mode_token: str = "[NLU]") 
   Exactly the R denoiser's input layout: the mode token encoded on its own, then the segment's
   own tokenization with the noise span cut out (so no boundary re-tokenization).
   """
-  sentinel = vocabulary.vocab_size - 1  # sentinel 0 (T5 convention)
+  sentinel = vocabularies.sentinel_ids(vocabulary)[0]
   head = list(vocabulary.encode(item["prefix"].rstrip()))
   full = list(vocabulary.encode(item["prefix"] + item["gold"] + item["suffix"]))
   span = len(list(vocabulary.encode(item["prefix"] + item["gold"]))) - len(head)
@@ -74,14 +81,13 @@ def _infilling_prompt_tokens(vocabulary, item: dict, mode_token: str = "[NLU]") 
 
 def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
   """The span the model wrote after sentinel 0 (up to the next sentinel / EOS)."""
-  first_sentinel = vocabulary.vocab_size - 1
-  lowest_sentinel = vocabulary.vocab_size - 100
+  sentinels = vocabularies.sentinel_ids(vocabulary)
   toks = list(tokens)
-  if toks and toks[0] == first_sentinel:
+  if toks and toks[0] == sentinels[0]:
     toks = toks[1:]
   span = []
   for t in toks:
-    if t == 1 or t >= lowest_sentinel:
+    if t == vocabularies.EOS_ID or t in sentinels:
       break
     span.append(t)
   text = vocabulary.decode(span)
@@ -90,25 +96,23 @@ def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
 
 def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dict) -> dict:
   """Evaluates one checkpoint; results are cached in MODEL_DIR/eval/<name>.json."""
-  from ul2flan import decoding  # pylint: disable=g-import-not-at-top
-  from ul2flan.flan import demo_tasks  # pylint: disable=g-import-not-at-top
   out_dir = os.path.join(model_dir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   cache = os.path.join(out_dir, f"{name}.json")
   if os.path.exists(cache):
     with open(cache) as f:
       return json.load(f)
-  print(f"[eval] {name}: {checkpoint_dir}", file=sys.stderr, flush=True)
+  logger.info("[eval] %s: %s", name, checkpoint_dir)
   t0 = time.time()
-  gen = decoding.load_generator(checkpoint_dir, batch_size=settings["batch_size"])
+  gen = generator_lib.load_generator(checkpoint_dir, batch_size=settings["batch_size"])
   result: dict = {"model": name, "checkpoint": checkpoint_dir, "tasks": {}}
 
   examples = demo_tasks.heldout_eval_examples(settings["heldout_split"],
                                               num_shots=settings["heldout_shots"])
   preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
                                       max_new_tokens=settings["max_new_tokens"])]
-  scores = option_log_likelihoods(gen, [e["inputs"] for e in examples],
-                                  [list(e["options"]) for e in examples], settings["batch_size"])
+  scores = gen.score_options([e["inputs"] for e in examples],
+                             [list(e["options"]) for e in examples])
   rows = []
   for e, p, ll in zip(examples, preds, scores):
     ranked = e["options"][max(range(len(ll)), key=ll.__getitem__)] if ll else ""
@@ -153,59 +157,7 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
   return result
 
 
-def option_log_likelihoods(gen, prompts: list[str], options: list[list[str]],
-                           batch_size: int = 32) -> list[list[float]]:
-  """log P(option + EOS | prompt) for every option, teacher-forced (rank classification)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ul2flan import decoding  # pylint: disable=g-import-not-at-top
-  from ul2flan.model import Decoder  # pylint: disable=g-import-not-at-top
-  vocab = gen.vocabulary
-  pairs = [(i, o) for i, opts in enumerate(options) for o in opts]
-  rows = []
-  for i, o in pairs:
-    prompt = decoding.model_prompt(list(vocab.encode(prompts[i])), gen.prefix_lm)
-    target = list(vocab.encode(o)) + [1]
-    rows.append((prompt, target))
-  length = decoding.bucket_length(max(len(p) + len(t) for p, t in rows))
-  model = Decoder(gen.config)
-
-  @jax.jit
-  def score(params, tokens, targets, weights, segments, positions, prefix):
-    logits = model.apply({"params": params}, tokens, segments, positions,
-                         prefix if gen.prefix_lm else None)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(picked * weights, axis=-1)
-
-  out: list[float] = []
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    n = len(chunk)
-    arr = {k: np.zeros((batch_size, length), np.int32) for k in
-           ("tokens", "targets", "weights", "segments", "prefix")}
-    for r, (prompt, target) in enumerate(chunk):
-      seq = prompt + target[:-1]
-      arr["tokens"][r, :len(seq)] = seq
-      # Position j predicts seq[j + 1]; the first target token is predicted at the prompt's end.
-      arr["targets"][r, len(prompt) - 1:len(prompt) - 1 + len(target)] = target
-      arr["weights"][r, len(prompt) - 1:len(prompt) - 1 + len(target)] = 1
-      arr["segments"][r, :len(seq)] = 1
-      arr["prefix"][r, :len(prompt)] = 1
-    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
-    ll = score(gen.params, arr["tokens"], arr["targets"], arr["weights"], arr["segments"],
-               positions, arr["prefix"])
-    out.extend(float(x) for x in np.asarray(ll)[:n])
-  result, k = [], 0
-  for opts in options:
-    result.append(out[k:k + len(opts)])
-    k += len(opts)
-  return result
-
-
 def _run_benchmarks(gen, settings, out_dir) -> dict:
-  from ul2flan.evaluation import harness, suite  # pylint: disable=g-import-not-at-top
   scores = {}
   for bench in settings["benchmarks"]:
     tasks = suite.build_tasks(settings["benchmarks_data_dir"], benchmark=bench, mode="both")

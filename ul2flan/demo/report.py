@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import os
 
-from ul2flan.metrics import read_metrics
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ul2flan.training.metrics import read_metrics
 
 LABELS = {"base": "base (causal LM)", "ul2r": "U-base (UL2R)", "flan_base": "Flan-base",
           "flan_ul2r": "Flan-U-base"}
 
 
-def _pyplot():
-  """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+def _figure(ncols: int, figsize: tuple[float, float]):
+  """A figure drawn by the file-only Agg canvas (no display, no pyplot global state)."""
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
 def _plot_curves(model_dir: str, dirs: dict) -> str | None:
-  plt = _pyplot()
   stages = [(n, d) for n, d in dirs.items() if os.path.exists(os.path.join(d, "metrics.jsonl"))]
   if not stages:
     return None
-  fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
-  for ax, (name, d) in zip(axes[0], stages):
+  fig, axes = _figure(len(stages), (4 * len(stages), 3.2))
+  for ax, (name, d) in zip(axes, stages):
     train = read_metrics(os.path.join(d, "metrics.jsonl"))
     ev = read_metrics(os.path.join(d, "metrics_eval.jsonl"))
     ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="train")
@@ -37,17 +38,15 @@ def _plot_curves(model_dir: str, dirs: dict) -> str | None:
   fig.tight_layout()
   path = os.path.join(model_dir, "training_curves.png")
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
 def _plot_comparison(model_dir: str, results: dict) -> str:
-  plt = _pyplot()
   models = [m for m in LABELS if m in results]
   metrics = [("held-out generation acc", lambda r: _mean_acc(r, "accuracy")),
              ("held-out rank acc", lambda r: _mean_acc(r, "rank_accuracy")),
              ("infilling acc", lambda r: r["infilling_accuracy"])]
-  fig, ax = plt.subplots(figsize=(8, 4))
+  fig, (ax,) = _figure(1, (8, 4))
   width = 0.8 / len(metrics)
   for i, (label, fn) in enumerate(metrics):
     xs = [j + i * width for j in range(len(models))]
@@ -59,7 +58,6 @@ def _plot_comparison(model_dir: str, results: dict) -> str:
   fig.tight_layout()
   path = os.path.join(model_dir, "comparison.png")
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 

@@ -1,4 +1,4 @@
-"""Embedded demo instruction tasks, generated from `ul2flan.world` (the demo corpus's facts).
+"""Embedded demo instruction tasks, generated from `ul2flan.demo.world` (the demo corpus's facts).
 
 Training families (mixture `demo_flan`), each with train/validation splits and several formats,
 so zero-shot, few-shot, options / no options, chain-of-thought and input inversion all occur:
@@ -28,8 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ul2flan import vocab as vocab_lib
-from ul2flan import world as world_lib
+from ul2flan import registration
+from ul2flan import vocabularies
+from ul2flan.demo import world as world_lib
 from ul2flan.flan import formatting
 from ul2flan.flan import mixtures
 from ul2flan.flan import sources
@@ -276,9 +277,7 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str,
 
 def register_demo_tasks(seed: int = 0) -> None:
   """Registers every demo task and the `demo_flan` / `demo_heldout` mixtures (idempotent)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-
-  if TRAIN_MIXTURE in seqio.MixtureRegistry.names():
+  if registration.registered_by_ul2flan(TRAIN_MIXTURE):
     return
   for family in TRAIN_FAMILIES:
     sources.register_formatted_task(
@@ -310,7 +309,7 @@ def heldout_eval_examples(split: str = "test", num_shots: int = 0, cot: bool = F
     raise ValueError(f"held-out split must be one of {HELDOUT_SPLITS}, got {split!r}")
   if num_shots < 0:
     raise ValueError(f"num_shots must be >= 0, got {num_shots}")
-  vocabulary = vocab_lib.get_vocabulary()
+  vocabulary = vocabularies.configured()
   fmt = formatting.Format(few_shot=num_shots > 0, options=True, cot=cot)
   few_shot = formatting.FewShotConfig(
       min_shots=max(num_shots, 1), max_shots=max(num_shots, 1),

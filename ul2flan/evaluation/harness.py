@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 from ul2flan.evaluation import common
 from ul2flan.evaluation import scoring
 
+logger = logging.getLogger(__name__)
+
 
 @runtime_checkable
 class Generator(Protocol):
@@ -163,7 +165,7 @@ def evaluate_task(generator: Generator, task: common.EvalTask,
   })
   if config.output_dir:
     result["predictions_file"] = write_predictions(config.output_dir, task.name, records)
-  logging.info("%s: score %.2f (normalized %.2f) on %d examples, %.2f examples/s", task.name,
+  logger.info("%s: score %.2f (normalized %.2f) on %d examples, %.2f examples/s", task.name,
                result["score"], result["normalized_score"], len(records),
                result["examples_per_second"])
   return result

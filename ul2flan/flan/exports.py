@@ -18,19 +18,21 @@ the first one; `'skip'` leaves them out, logs each with its file and line, and l
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
-from absl import logging
 import gin
 import seqio
 import tensorflow as tf
 
-from ul2flan import vocab as vocab_lib
+from ul2flan import vocabularies
 from ul2flan.flan import files as files_lib
 from ul2flan.flan import mixtures
 from ul2flan.flan import sources
+
+logger = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("inputs", "targets")
 META_FIELDS = ("_task_name", "_task_source", "_template_type")
@@ -92,7 +94,7 @@ def _report(location: str, problem: str, on_malformed: str, skipped: list[str]) 
         f"fields {list(REQUIRED_FIELDS)}. Fix or remove the row, or set "
         "flan_export_mixture.on_malformed='skip' to leave malformed rows out.")
   if len(skipped) < _MAX_LOGGED_SKIPS:
-    logging.warning("%s: skipping malformed Flan export row: %s", location, problem)
+    logger.warning("%s: skipping malformed Flan export row: %s", location, problem)
   skipped.append(f"{location}: {problem}")
 
 
@@ -139,7 +141,7 @@ def scan_exports(file_patterns: Mapping[str, str | Sequence[str]],
     raise ValueError(f"no usable rows in the Flan export files {dict(file_patterns)} "
                      f"({len(skipped)} malformed rows skipped)")
   if skipped:
-    logging.warning("Flan export: skipped %d malformed rows (first: %s)", len(skipped), skipped[0])
+    logger.warning("Flan export: skipped %d malformed rows (first: %s)", len(skipped), skipped[0])
   return ExportIndex(tasks, files_by_split, skipped)
 
 
@@ -260,7 +262,7 @@ def register_flan_exports(file_pattern: str | Sequence[str], name: str = "flan_e
   if validation_file_pattern:
     patterns["validation"] = validation_file_pattern
   index = scan_exports(patterns, on_malformed)
-  vocabulary = vocabulary or vocab_lib.get_vocabulary()
+  vocabulary = vocabulary or vocabularies.configured()
   seqio_names = _unique_task_names(list(index.tasks), name)
   infos = []
   for task_name, task in sorted(index.tasks.items()):

@@ -14,12 +14,13 @@ the seed: it does not depend on which host formats which shard, or in which orde
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-from absl import logging
-
 from ul2flan.flan import templates as templates_lib
+
+logger = logging.getLogger(__name__)
 
 ANSWER_CUE = "So the answer is {answer}."
 DEFAULT_FEW_SHOT_BUDGET = 1920  # tokens, as in the public Flan code
@@ -262,7 +263,7 @@ class Formatter:
     before = self.fallbacks
     formatted = [self.format_one(examples, i, split, exemplar_pool) for i in range(len(examples))]
     if self.fallbacks > before:
-      logging.info("task %s split %s: %d few-shot queries had no exemplar within the budget "
+      logger.info("task %s split %s: %d few-shot queries had no exemplar within the budget "
                    "(fallback: %s)", self.task, split, self.fallbacks - before,
                    self.few_shot.fallback)
     return [f for f in formatted if f is not None]

@@ -10,12 +10,16 @@ are `CappedRate` callables (seqio calls them with the task), the outer rates are
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Iterable, Mapping, Sequence
 
-from absl import logging
 import gin
 import seqio
+
+from ul2flan import registration
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +82,7 @@ def _add_mixture(name: str, entries: Sequence[tuple[str, object]], replace: bool
   if name in seqio.MixtureRegistry.names():
     if not replace:
       raise ValueError(f"mixture {name!r} is already registered; pass replace=True to rebuild it")
-    seqio.MixtureRegistry.remove(name)
-  return seqio.MixtureRegistry.add(name, list(entries))
+  return registration.add_mixture(name, list(entries), replace=replace)
 
 
 def register_task_mixture(name: str, tasks: Sequence[str], cap: int | None = None,
@@ -102,19 +105,19 @@ def register_capped_mixture(name: str, submixtures: Sequence[Submixture], split:
   for sub in submixtures:
     sub_name = f"{name}_{sub.name}"
     if sub.weight == 0:
-      logging.warning("mixture %s: submixture %s has weight 0; left out", name, sub.name)
+      logger.warning("mixture %s: submixture %s has weight 0; left out", name, sub.name)
       continue
     if isinstance(sub.tasks, Mapping):
       groups = [(f"{sub_name}_{fmt}", tasks) for fmt, tasks in sorted(sub.tasks.items()) if tasks]
       if not groups:
-        logging.warning("mixture %s: submixture %s has no tasks; left out", name, sub.name)
+        logger.warning("mixture %s: submixture %s has no tasks; left out", name, sub.name)
         continue
       for group_name, tasks in groups:
         register_task_mixture(group_name, tasks, sub.cap, split, replace)
       _add_mixture(sub_name, [(g, 1.0) for g, _ in groups], replace)
     else:
       if not sub.tasks:
-        logging.warning("mixture %s: submixture %s has no tasks; left out", name, sub.name)
+        logger.warning("mixture %s: submixture %s has no tasks; left out", name, sub.name)
         continue
       register_task_mixture(sub_name, sub.tasks, sub.cap, split, replace)
     entries.append((sub_name, float(sub.weight)))

@@ -38,9 +38,6 @@ def _provider(name: str) -> Any:
 def _lookup(name: str) -> Any:
   provider = _provider(name)
   if provider is None:
-    import ul2flan_tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    provider = _provider(name)
-  if provider is None:
     close = sorted(n for n in list(seqio.MixtureRegistry.names()) + list(seqio.TaskRegistry.names())
                    if name.split("_")[0] in n)[:10]
     raise ValueError(f"no task or mixture named {name!r}; similar names: {close}")

@@ -15,22 +15,25 @@ its size), and kept in memory; every host computes the same list and takes its s
 from __future__ import annotations
 
 import dataclasses
+import logging
 import functools
 import os
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-from absl import logging
 import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from ul2flan import vocab as vocab_lib
+from ul2flan import registration
+from ul2flan import vocabularies
 from ul2flan.flan import files as files_lib
 from ul2flan.flan import formatting
 from ul2flan.flan import mixtures
 from ul2flan.flan import templates as templates_lib
+
+logger = logging.getLogger(__name__)
 
 RawExample = Mapping[str, Any]
 DEFAULT_FORMATS = ("zs_opt", "fs_opt", "zs_noopt", "fs_noopt")
@@ -40,7 +43,7 @@ TEXT_FEATURES = ("inputs", "targets")
 
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
   """`inputs` and `targets`, both ending in EOS, as the prefix-LM feature converter expects."""
-  vocabulary = vocabulary or vocab_lib.get_vocabulary()
+  vocabulary = vocabulary or vocabularies.configured()
   return {k: seqio.Feature(vocabulary, add_eos=True) for k in TEXT_FEATURES}
 
 
@@ -101,12 +104,10 @@ class InMemorySource(seqio.DataSource):
 def add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary | None,
              metric_fns: Sequence[Callable[..., Any]] = (), replace: bool = False) -> seqio.Task:
   """Registers a text-to-text task: tokenize both features, then append EOS after trimming."""
-  if name in seqio.TaskRegistry.names():
-    if not replace:
-      raise ValueError(f"task {name!r} is already registered; pass replace=True to rebuild it")
-    seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
-      name, source=source,
+  if name in seqio.TaskRegistry.names() and not replace:
+    raise ValueError(f"task {name!r} is already registered; pass replace=True to rebuild it")
+  return registration.add_task(
+      name, replace=replace, source=source,
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=output_features(vocabulary), metric_fns=list(metric_fns))
 
@@ -165,14 +166,14 @@ def register_formatted_task(
     formats: format names (equal weights) or a mapping format -> weight; one per example.
     seed: changes every per-example choice.
     few_shot: shot counts, token budget and fallback of the few-shot formats.
-    vocabulary: the task vocabulary (default `ul2flan.vocab.get_vocabulary()`); also counts
+    vocabulary: the task vocabulary (default `vocabularies.configured()`, the run's vocabulary); also counts
       the few-shot budget.
     exemplar_splits: split -> the split its few-shot exemplars come from (default: its own,
       never the query itself).
     metric_fns: seqio metric functions (for evaluation tasks).
     replace: rebuild the task if the name is taken.
   """
-  vocabulary = vocabulary or vocab_lib.get_vocabulary()
+  vocabulary = vocabulary or vocabularies.configured()
   if isinstance(family, str):
     family = templates_lib.default_registry().family(family)
   formatter = formatting.Formatter(name, family, formats, seed=seed, few_shot=few_shot,
@@ -252,7 +253,7 @@ def read_raw_instructions(file_pattern: str | Sequence[str], on_malformed: str =
         if on_malformed == "fail":
           raise ValueError(f"{location}: malformed raw instruction row: {problem}. Fix the row, "
                            "or set on_malformed='skip' to leave such rows out.")
-        logging.warning("%s: skipping malformed raw instruction row: %s", location, problem)
+        logger.warning("%s: skipping malformed raw instruction row: %s", location, problem)
         skipped += 1
         continue
       by_task.setdefault(row.get("task") or _default_task_name(path), []).append(row)

@@ -25,26 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import math
-import os
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ul2flan import partitioning
-from ul2flan.evaluation import scoring
-from ul2flan.model import Decoder, DecoderConfig
+from ul2flan.model.config import DecoderConfig
+from ul2flan.model.decoder import Decoder
+from ul2flan.vocabularies import EOS_ID, PAD_ID
 
 Array = jax.Array
-
-PAD_ID = 0  # also BOS: decoder inputs are targets shifted right with a leading 0
-EOS_ID = 1
 
 
 class DecodeResult(NamedTuple):
@@ -223,13 +215,17 @@ def generated_lengths(tokens: np.ndarray, eos_id: int | None = EOS_ID) -> np.nda
   return np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, steps).astype(np.int32)
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                   num_samples: int = 1) -> None:
+  """The one check of sampling settings (decode, Generator and the CLIs all call it)."""
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
   if top_k is not None and top_k < 1:
     raise ValueError(f"top_k must be >= 1 (or None for no top-k filter), got {top_k}")
   if top_p is not None and not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1] (or None for no nucleus filter), got {top_p}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
 def _decode_arguments(params, tokens, lengths, *, max_new_tokens: int,
@@ -238,7 +234,7 @@ def _decode_arguments(params, tokens, lengths, *, max_new_tokens: int,
   """Checks the settings; returns (positional args, static args) of the jitted loop."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  _check_sampling(temperature, top_k, top_p)
+  check_sampling(temperature, top_k, top_p)
   tokens = jnp.asarray(tokens, jnp.int32)
   lengths = jnp.asarray(lengths, jnp.int32)
   if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
@@ -290,268 +286,3 @@ def compile_decode(params, config: DecoderConfig, tokens, lengths, *, use_cache:
   args, static = _decode_arguments(params, tokens, lengths, **settings)
   compiled = _compiled(config, use_cache).lower(*args, static=static).compile()
   return lambda: compiled(*args)
-
-
-# ---- text generation ----------------------------------------------------------------------------
-def bucket_length(length: int) -> int:
-  """Padded prompt length: powers of two up to 512, then multiples of 256 (few compilations)."""
-  if length <= 512:
-    return max(16, 1 << math.ceil(math.log2(max(length, 1))))
-  return 256 * math.ceil(length / 256)
-
-
-class Generator:
-  """`ul2flan.evaluation.harness.Generator` over a decoder and a seqio vocabulary.
-
-  Prompts (times `num_samples`) are sorted by length and decoded `batch_size` rows at a time;
-  prompt lengths are bucketed (`bucket_length`) and short batches padded so that a task compiles
-  a handful of programs. Prompts are not truncated: fitting them to `max_prompt_tokens` (the
-  trained input length) is the caller's job, as the evaluation harness does. `last_stats` holds
-  the throughput of the latest `generate` call.
-  """
-
-  def __init__(self, config: DecoderConfig, params, vocabulary, *, prefix_lm: bool,
-               batch_size: int = 16, max_prompt_tokens: int | None = None,
-               partitioner: partitioning.Partitioner | None = None):
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.config = config
-    self.params = params
-    self.vocabulary = vocabulary
-    self.prefix_lm = prefix_lm
-    self.batch_size = batch_size
-    self.max_prompt_tokens = max_prompt_tokens
-    self.partitioner = partitioner
-    self.last_stats: dict[str, float] = {}
-
-  def count_tokens(self, text: str) -> int:
-    """Prompt length as the training inputs measured it (ids, plus EOS for a prefix LM)."""
-    return len(self.vocabulary.encode(text)) + (1 if self.prefix_lm else 0)
-
-  def encode(self, text: str) -> list[int]:
-    return model_prompt(self.vocabulary.encode(text), self.prefix_lm)
-
-  def decode_text(self, ids: Sequence[int]) -> str:
-    ids = list(ids)
-    if EOS_ID in ids:
-      ids = ids[:ids.index(EOS_ID)]
-    return self.vocabulary.decode(ids)
-
-  def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-               top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-               seed: int = 0) -> list[list[str]]:
-    """For each prompt, `num_samples` continuations (text only, prompt not repeated)."""
-    if isinstance(prompts, str):
-      raise TypeError("generate() takes a sequence of prompts, not a single string")
-    if num_samples < 1:
-      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    _check_sampling(temperature, top_k, top_p)
-    start = time.perf_counter()
-    outputs = self._generate_encoded([self.encode(p) for p in prompts], num_samples,
-                                     max_new_tokens=max_new_tokens, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, seed=seed)
-    texts = [self.decode_text(ids) for ids in outputs]
-    self._record_stats(len(prompts), outputs, time.perf_counter() - start)
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
-
-  def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                   **sampling) -> list[list[int]]:
-    """Token-level `generate` (one sample per prompt): for prompts that are not plain text,
-    e.g. an infilling prompt with a sentinel id inside. Prompts are vocabulary ids without
-    BOS/EOS; the prefix-LM / causal layout is added here as for text prompts."""
-    start = time.perf_counter()
-    encoded = [model_prompt(list(p), self.prefix_lm) for p in prompts]
-    outputs = self._generate_encoded(encoded, 1, max_new_tokens=max_new_tokens, **sampling)
-    self._record_stats(len(prompts), outputs, time.perf_counter() - start)
-    return outputs
-
-  def _generate_encoded(self, encoded: list[list[int]], num_samples: int, *, max_new_tokens: int,
-                        temperature: float = 0.0, top_k: int | None = None,
-                        top_p: float | None = None, seed: int = 0) -> list[list[int]]:
-    rows = [i for i in range(len(encoded)) for _ in range(num_samples)]
-    order = sorted(range(len(rows)), key=lambda r: len(encoded[rows[r]]))
-    outputs: list[list[int]] = [[] for _ in rows]
-    # Every call decodes the same number of rows (filler rows pad the last one): batch_size, or
-    # for small requests the next power of two, so few shapes get compiled.
-    rows_per_call = min(self.batch_size, 1 << math.ceil(math.log2(max(len(rows), 1))))
-    for chunk_index, begin in enumerate(range(0, len(order), rows_per_call)):
-      chunk = order[begin:begin + rows_per_call]
-      generated = self._decode_chunk(
-          [encoded[rows[r]] for r in chunk], rows_per_call, max_new_tokens=max_new_tokens,
-          temperature=temperature, top_k=top_k, top_p=top_p,
-          rng=jax.random.fold_in(jax.random.key(seed), chunk_index))
-      for r, ids in zip(chunk, generated):
-        outputs[r] = ids
-    return outputs
-
-  def _decode_chunk(self, prompts: list[list[int]], rows: int, **kwargs) -> list[list[int]]:
-    filler = [[PAD_ID]] * (rows - len(prompts))  # a lone BOS; its output is dropped
-    tokens, lengths = pad_prompts(prompts + filler,
-                                  bucket_length(max(len(p) for p in prompts)))
-    if self.partitioner is None:
-      result = decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
-                      **kwargs)
-    else:
-      with self.partitioner.activation_context():
-        result = decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
-                        **kwargs)
-    return [list(result.tokens[i, :result.lengths[i]]) for i in range(len(prompts))]
-
-  def _record_stats(self, num_prompts: int, outputs: list[list[int]], seconds: float) -> None:
-    tokens = sum(len(o) for o in outputs)
-    seconds = max(seconds, 1e-9)
-    self.last_stats = {"examples": num_prompts, "sequences": len(outputs),
-                       "generated_tokens": tokens, "seconds": seconds,
-                       "examples_per_second": num_prompts / seconds,
-                       "tokens_per_second": tokens / seconds}
-    logging.info("generated %d tokens for %d prompts in %.2fs: %.2f examples/s, %.1f tokens/s",
-                 tokens, num_prompts, seconds, num_prompts / seconds, tokens / seconds)
-
-
-# ---- self-consistency ---------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class VotedAnswer:
-  answer: str  # the majority answer ("" if no chain stated one)
-  answers: list[str]  # the extracted answer of each chain
-  samples: list[str]  # the chains
-
-
-def self_consistency(generator, prompts: Sequence[str], *, num_samples: int,
-                     max_new_tokens: int,
-                     extract: Callable[[str], str] = scoring.extract_cot_answer,
-                     temperature: float = 0.7, top_k: int | None = 40,
-                     top_p: float | None = None, seed: int = 0) -> list[VotedAnswer]:
-  """Samples `num_samples` chains per prompt and majority-votes their extracted answers.
-
-  Defaults are the self-consistency paper's (temperature 0.7, top-k 40).
-  """
-  outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed)
-  voted = []
-  for samples in outputs:
-    answers = [extract(s) for s in samples]
-    voted.append(VotedAnswer(scoring.majority_vote(answers), answers, list(samples)))
-  return voted
-
-
-# ---- loading a checkpoint -----------------------------------------------------------------------
-def abstract_params(config: DecoderConfig, partitioner: partitioning.Partitioner):
-  """The decoder's parameter ShapeDtypeStructs, sharded as the trainer lays them out."""
-  model = Decoder(config)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  boxed = boxed["params"]
-  shardings = partitioner.param_shardings(boxed)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      nn.unbox(boxed), shardings)
-
-
-def model_dir_of(checkpoint: str) -> str:
-  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
-  from ul2flan import checkpoints  # pylint: disable=g-import-not-at-top
-  ckpt_dir, _ = checkpoints.resolve_step_dir(checkpoint)
-  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
-
-
-def _query_gin(name: str) -> Any:
-  """A gin parameter or macro value, following macro references; None when unbound."""
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    value = gin.query_parameter(name)
-  except (ValueError, KeyError):
-    return None
-  if isinstance(value, gin.config.ConfigurableReference):
-    if value.configurable.name != "macro":
-      return None
-    return _query_gin("%" + value.scoped_selector.rsplit("/", 1)[0])
-  return value
-
-
-def _configured_feature_converter() -> str | None:
-  return (_query_gin("train/DatasetConfig.feature_converter") or _query_gin("%FEATURE_CONVERTER")
-          or _query_gin("DatasetConfig.feature_converter"))
-
-
-def _configured_lengths() -> dict | None:
-  lengths = (_query_gin("train/DatasetConfig.task_feature_lengths")
-             or _query_gin("%TASK_FEATURE_LENGTHS"))
-  return dict(lengths) if lengths else None
-
-
-def _parse_saved_config(path: str) -> None:
-  """Parses a model dir's config.gin, ignoring configurables this process does not register."""
-  import gin  # pylint: disable=g-import-not-at-top
-  # Registers every configurable config.gin may name.
-  from ul2flan import register_configurables  # noqa: F401  pylint: disable=g-import-not-at-top
-  try:
-    gin.parse_config_files_and_bindings([path], [], finalize_config=False, skip_unknown=True)
-  except (ValueError, KeyError, SyntaxError, NameError) as e:
-    raise ValueError(f"cannot parse {path}: {e}. Pass the model's gin files with --gin_file "
-                     f"instead.") from None
-
-
-def _prompt_budget(lengths: dict | None, prefix_lm: bool) -> int | None:
-  """The prompt length the model was trained on: its inputs (prefix LM) or targets length."""
-  if not lengths:
-    return None
-  if prefix_lm and "inputs" in lengths:
-    return int(lengths["inputs"])
-  return int(lengths["targets"]) if "targets" in lengths else None
-
-
-def load_generator(checkpoint: str, gin_files: Sequence[str] = (),
-                   gin_bindings: Sequence[str] = (), prefix_lm: bool | None = None, *,
-                   batch_size: int = 16, max_prompt_tokens: int | None = None) -> Generator:
-  """A `Generator` over a trained checkpoint (model dir, checkpoints dir or step dir).
-
-  The model is configured by `gin_files` + `gin_bindings`, or, with no gin files, by the
-  config.gin the trainer wrote into the model dir (plus the bindings). The global gin config is
-  cleared first. Whether to decode as a prefix LM comes from `prefix_lm`, else from the gin
-  configuration's training feature converter ("prefix_lm"), checked in the given gin files and
-  then in the model dir's config.gin; with neither, the model is treated as a causal LM.
-  `max_prompt_tokens` defaults to the trained inputs length (prefix LM) or targets length.
-  """
-  import gin  # pylint: disable=g-import-not-at-top
-  from ul2flan import checkpoints  # pylint: disable=g-import-not-at-top
-  from ul2flan import cli  # pylint: disable=g-import-not-at-top
-  from ul2flan import vocab  # pylint: disable=g-import-not-at-top
-
-  model_dir = model_dir_of(checkpoint)
-  saved_config = os.path.join(model_dir, "config.gin")
-  has_saved = os.path.exists(saved_config)
-  if not gin_files and not has_saved:
-    raise FileNotFoundError(
-        f"{saved_config} not found, so the model's architecture is unknown; pass its gin file(s) "
-        f"(e.g. --gin_file=gin_configs/models/tiny.gin).")
-
-  gin.clear_config()
-  saved_converter, saved_lengths = None, None
-  if gin_files:
-    if has_saved and (prefix_lm is None or max_prompt_tokens is None):
-      _parse_saved_config(saved_config)
-      saved_converter, saved_lengths = _configured_feature_converter(), _configured_lengths()
-      gin.clear_config()
-    cli.parse_gin(gin_files, gin_bindings)
-  else:
-    _parse_saved_config(saved_config)
-    cli.parse_gin([], gin_bindings)
-  if prefix_lm is None:
-    converter = _configured_feature_converter() or saved_converter
-    prefix_lm = converter == "prefix_lm"
-    if converter is None:
-      logging.warning("no feature converter configured for %s; decoding as a causal LM",
-                      checkpoint)
-  if max_prompt_tokens is None:
-    max_prompt_tokens = _prompt_budget(_configured_lengths() or saved_lengths, prefix_lm)
-
-  config = DecoderConfig()
-  try:
-    partitioner = partitioning.Partitioner()
-  except ValueError as e:
-    logging.warning("configured mesh unusable here (%s); using all devices for data", e)
-    partitioner = partitioning.Partitioner({"data": -1})
-  params, step = checkpoints.restore_params(checkpoint, abstract_params(config, partitioner))
-  logging.info("loaded step %d from %s (%s LM)", step, checkpoint,
-               "prefix" if prefix_lm else "causal")
-  return Generator(config, params, vocab.get_vocabulary(), prefix_lm=prefix_lm,
-                   batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                   partitioner=partitioner)

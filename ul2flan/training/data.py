@@ -22,7 +22,6 @@ import seqio
 import tensorflow as tf
 
 
-
 class CausalPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
   """PrefixLM layout (inputs + targets concatenated, loss on targets only) with causal attention.
 
@@ -63,7 +62,7 @@ class DatasetConfig:
   pack: bool = True
   feature_converter: str = "lm"  # "lm" (causal) or "prefix_lm" (inputs bidirectional)
   use_cached: bool = False
-  module: str | None = "ul2flan_tasks"  # imported before the task is looked up
+  module: str | None = None  # imported before the task is looked up (MIXTURE_OR_TASK_MODULE)
   num_data_shards: int | None = None  # default: one per process
   repeat: bool = True
 
@@ -73,7 +72,7 @@ def import_task_module(module: str | None) -> None:
     importlib.import_module(module)
 
 
-def get_task(name: str, module: str | None = "ul2flan_tasks"):
+def get_task(name: str, module: str | None = None):
   import_task_module(module)
   try:
     return seqio.get_mixture_or_task(name)

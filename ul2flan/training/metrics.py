@@ -1,97 +1,81 @@
-"""Throughput accounting (PaLM MFU) and metric writers (metrics.jsonl + TensorBoard).
+"""Metric writers (clu): `metrics*.jsonl` for scripts and TensorBoard event files, on process 0.
 
-MFU follows PaLM appendix B: model FLOPs per token = 6 N + 12 L H Q T, with N the non-embedding
-parameter count and attention counted in full (not halved for causality); rematerialization is
-not counted. Peak FLOP/s: a known table for accelerators, or, on CPU, a float32 matrix multiply
-measured in the same process (so the ratio is taken against what this machine can actually do).
+`metrics.jsonl` holds one JSON object per logged step. A resumed run first drops the rows past
+the step it resumed from (written before a checkpoint that never committed), so no step appears
+twice.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from typing import Mapping
+from typing import Any, Mapping
 
+from clu import metric_writers
+from etils import epath
 import jax
-import jax.numpy as jnp
-
-from ul2flan.model import DecoderConfig
-
-# Dense bf16 peak FLOP/s per chip (vendor figures).
-KNOWN_PEAK_FLOPS = {
-    "h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12, "tpu v5p": 459e12,
-    "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v6 lite": 918e12,
-}
 
 
-def model_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
-  n = cfg.num_params(include_embeddings=False)
-  return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+def metrics_path(model_dir: str, subdir: str = "train") -> epath.Path:
+  name = "metrics.jsonl" if subdir == "train" else f"metrics_{subdir}.jsonl"
+  return epath.Path(model_dir) / name
 
 
-def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-  """FLOP/s of a square matmul on the default device (best of `repeats`)."""
-  a = jnp.ones((n, n), dtype)
-  b = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best
+class JsonlWriter(metric_writers.MetricWriter):
+  """Scalars as JSON lines, one object per step: {"step": N, name: value, ...}."""
 
+  def __init__(self, path: epath.Path, resume_step: int = 0):
+    self.path = epath.Path(path)
+    if self.path.exists():  # forget rows of steps that will be trained again
+      rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-def peak_flops_per_device(measure_on_cpu: bool = True) -> tuple[float, str]:
-  dev = jax.devices()[0]
-  kind = dev.device_kind.lower()
-  for key, flops in KNOWN_PEAK_FLOPS.items():
-    if key in kind:
-      return flops, f"{dev.device_kind} datasheet bf16 dense peak"
-  if dev.platform == "cpu" and measure_on_cpu:
-    # All CPU "devices" of a forced multi-device host share the same cores: measure once, for
-    # the whole host, and split it evenly.
-    peak = measure_matmul_peak()
-    return peak / jax.local_device_count(), "float32 2048^3 matmul measured in this process"
-  return float("nan"), f"unknown peak for {dev.device_kind}"
-
-
-class MetricsWriter:
-  """metrics.jsonl (one object per logged step) + TensorBoard event files, on process 0 only."""
-
-  def __init__(self, model_dir: str, subdir: str = "train"):
-    self.enabled = jax.process_index() == 0
-    self.path = os.path.join(model_dir, "metrics.jsonl" if subdir == "train"
-                             else f"metrics_{subdir}.jsonl")
-    self._tb = None
-    if self.enabled:
-      os.makedirs(model_dir, exist_ok=True)
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard", subdir))
-      except ImportError:  # pragma: no cover
-        self._tb = None
-
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if not self.enabled:
-      return
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
+    with self.path.open("a") as f:
       f.write(json.dumps(row) + "\n")
-    if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
-      self._tb.flush()
 
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
-def read_metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
+def create_writer(model_dir: str, subdir: str = "train",
+                  resume_step: int = 0) -> metric_writers.MetricWriter:
+  """jsonl + TensorBoard (under MODEL_DIR/tensorboard/<subdir>) on process 0; nothing elsewhere."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+  return metric_writers.MultiWriter([
+      JsonlWriter(metrics_path(model_dir, subdir), resume_step),
+      metric_writers.SummaryWriter(str(epath.Path(model_dir) / "tensorboard" / subdir)),
+  ])
+
+
+def read_metrics(path: str | epath.Path) -> list[dict]:
+  path = epath.Path(path)
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

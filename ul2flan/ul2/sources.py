@@ -1,4 +1,4 @@
-"""Corpus sources for UL2R, and one function to register a UL2 / UL2R task over any of them.
+"""Corpus sources for UL2R (`ul2flan.ul2.tasks` registers UL2 tasks over them).
 
 Source kinds (each yields examples with one string field, "text" unless said otherwise):
 
@@ -31,9 +31,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from ul2flan import demo_data
-from ul2flan import denoisers
-from ul2flan import vocab as vocab_lib
+from ul2flan.demo import corpus as demo_corpus
+
 
 DEFAULT_SPLITS = ("train", "validation")
 TEXT_KEY = "text"
@@ -233,7 +232,7 @@ def tfds_source(name: str, data_dir: str | None = None,
 
 def demo_source() -> seqio.DataSource:
   """The embedded, generated demo corpus (`ul2flan.world`), field "text"."""
-  return demo_data.demo_corpus_source()
+  return demo_corpus.demo_corpus_source()
 
 
 _SPEC_KINDS = {
@@ -255,79 +254,3 @@ def source_from_spec(spec: str) -> seqio.DataSource:
     raise ValueError(f"bad corpus spec {spec!r}; use 'demo' or KIND:ARG with KIND one of "
                      f"{sorted(_SPEC_KINDS)}, e.g. 'jsonl:/data/{{split}}.jsonl'")
   return _SPEC_KINDS[kind](arg)
-
-
-# ------------------------------------------------------------------------------------------------
-# Registration.
-
-def _resolve_mixture(mixture: denoisers.DenoiserMixture | str,
-                     inputs_length: int | None, targets_length: int | None
-                     ) -> denoisers.DenoiserMixture:
-  if isinstance(mixture, str):
-    mixture = denoisers.get_preset(mixture)
-  lengths = {}
-  if inputs_length is not None:
-    lengths["inputs_length"] = inputs_length
-  if targets_length is not None:
-    lengths["targets_length"] = targets_length
-  return dataclasses.replace(mixture, **lengths)
-
-
-@gin.configurable
-def register_ul2_task(name: str, source: seqio.DataSource | str,
-                      mixture: denoisers.DenoiserMixture | str = "UL2R",
-                      vocabulary: seqio.Vocabulary | None = None, text_key: str = TEXT_KEY,
-                      inputs_length: int | None = None, targets_length: int | None = None,
-                      overwrite: bool = False) -> seqio.Task:
-  """Registers a seqio task that applies a denoiser mixture to a text corpus.
-
-  Args:
-    name: the task name.
-    source: a seqio DataSource with a string field `text_key`, or a `source_from_spec` string.
-    mixture: a DenoiserMixture or a preset name ("UL2R", "UL2").
-    vocabulary: defaults to `ul2flan.vocab.get_vocabulary()`.
-    text_key: the source's text field.
-    inputs_length, targets_length: override the mixture's lengths (a `sequence_length` given to
-      `get_dataset` overrides them again).
-    overwrite: replace an existing task of that name instead of raising.
-
-  Raises:
-    ValueError: the mixture does not fit the lengths (e.g. more spans than sentinels).
-  """
-  mixture = _resolve_mixture(mixture, inputs_length, targets_length)
-  vocabulary = vocabulary or vocab_lib.get_vocabulary()
-  denoisers.compile_mixture(mixture, vocabulary)  # fail now, not at the first batch
-  if isinstance(source, str):
-    source = source_from_spec(source)
-  if name in seqio.TaskRegistry.names():
-    if not overwrite:
-      raise ValueError(f"task {name!r} is already registered; pass overwrite=True to replace it")
-    seqio.TaskRegistry.remove(name)
-  task = seqio.TaskRegistry.add(
-      name, source=source, preprocessors=denoisers.ul2_preprocessors(mixture, text_key),
-      output_features=denoisers.ul2_output_features(vocabulary), metric_fns=[])
-  denoisers.remember_task_mixture(name, mixture)
-  return task
-
-
-@gin.configurable
-def register_ul2_mixture(name: str, sources: Mapping[str, tuple[seqio.DataSource | str, float]],
-                         mixture: denoisers.DenoiserMixture | str = "UL2R",
-                         overwrite: bool = False, **task_kwargs) -> seqio.Mixture:
-  """Registers one UL2 task per corpus (`{name}_{corpus}`) and a seqio mixture of them.
-
-  `sources` maps a corpus label to (source, rate). Every task draws its own denoisers per example,
-  so the denoiser shares hold within each corpus.
-  """
-  if not sources:
-    raise ValueError(f"register_ul2_mixture({name!r}): no sources given")
-  tasks = []
-  for label, (source, rate) in sources.items():
-    task_name = f"{name}_{label}"
-    register_ul2_task(task_name, source, mixture, overwrite=overwrite, **task_kwargs)
-    tasks.append((task_name, rate))
-  if name in seqio.MixtureRegistry.names():
-    if not overwrite:
-      raise ValueError(f"mixture {name!r} is already registered; pass overwrite=True")
-    seqio.MixtureRegistry.remove(name)
-  return seqio.MixtureRegistry.add(name, tasks)

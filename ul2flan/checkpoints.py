@@ -17,6 +17,8 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
+logger = logging.getLogger(__name__)
+
 PARAMS, OPTIMIZER, DATA = "params", "optimizer", "data"
 
 
@@ -131,5 +133,5 @@ def restore_full(mngr: ocp.CheckpointManager, step: int, abstract_params, abstra
       OPTIMIZER: ocp.args.StandardRestore({"opt_state": abstract_opt_state}),
       DATA: ocp.args.JsonRestore(),
   }))
-  logging.info("restored step %d from %s", step, where)
+  logger.info("restored step %d from %s", step, where)
   return restored[PARAMS], restored[OPTIMIZER]["opt_state"], restored[DATA]

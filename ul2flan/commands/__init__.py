@@ -1,0 +1,1 @@
+"""The `ul2flan` command line: one module per subcommand."""

@@ -1,0 +1,1 @@
+"""Inference: KV-cache decoding kernels and the Generator over a checkpoint."""

@@ -1,0 +1,226 @@
+"""Text generation and option scoring over a trained checkpoint: the `Generator`.
+
+`load_generator(checkpoint)` reads the model dir's `run.json` (architecture, vocabulary, whether it
+is a prefix LM, the trained prompt length) and restores the params once; the `Generator` then
+implements the evaluation harness protocol (`generate`, `count_tokens`) plus `generate_ids`
+(token-level prompts, e.g. infilling with a sentinel inside) and `score_options` (rank
+classification: the log-likelihood of each answer option).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ul2flan import checkpoints
+from ul2flan import config as config_lib
+from ul2flan import partitioning
+from ul2flan.inference import decoding
+from ul2flan.model import decoder as decoder_lib
+from ul2flan.model.config import DecoderConfig
+from ul2flan.vocabularies import EOS_ID, PAD_ID
+
+logger = logging.getLogger(__name__)
+
+
+def bucket_length(length: int) -> int:
+  """Padded prompt length: powers of two up to 512, then multiples of 256 (few compilations)."""
+  if length <= 512:
+    return max(16, 1 << math.ceil(math.log2(max(length, 1))))
+  return 256 * math.ceil(length / 256)
+
+
+class Generator:
+  """`ul2flan.evaluation.harness.Generator` over a decoder and a seqio vocabulary.
+
+  Prompts (times `num_samples`) are sorted by length and decoded `batch_size` rows at a time;
+  prompt lengths are bucketed (`bucket_length`) and short batches padded so that a task compiles
+  a handful of programs. Prompts are not truncated: fitting them to `max_prompt_tokens` (the
+  trained input length) is the caller's job, as the evaluation harness does. `last_stats` holds
+  the throughput of the latest `generate` call.
+  """
+
+  def __init__(self, config: DecoderConfig, params, vocabulary, *, prefix_lm: bool,
+               batch_size: int = 16, max_prompt_tokens: int | None = None,
+               partitioner: partitioning.Partitioner | None = None):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.config = config
+    self.params = params
+    self.vocabulary = vocabulary
+    self.prefix_lm = prefix_lm
+    self.batch_size = batch_size
+    self.max_prompt_tokens = max_prompt_tokens
+    self.partitioner = partitioner
+    self.last_stats: dict[str, float] = {}
+
+  def count_tokens(self, text: str) -> int:
+    """Prompt length as the training inputs measured it (ids, plus EOS for a prefix LM)."""
+    return len(self.vocabulary.encode(text)) + (1 if self.prefix_lm else 0)
+
+  def encode(self, text: str) -> list[int]:
+    return decoding.model_prompt(self.vocabulary.encode(text), self.prefix_lm)
+
+  def decode_text(self, ids: Sequence[int]) -> str:
+    ids = list(ids)
+    if EOS_ID in ids:
+      ids = ids[:ids.index(EOS_ID)]
+    return self.vocabulary.decode(ids)
+
+  def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
+               seed: int = 0) -> list[list[str]]:
+    """For each prompt, `num_samples` continuations (text only, prompt not repeated)."""
+    if isinstance(prompts, str):
+      raise TypeError("generate() takes a sequence of prompts, not a single string")
+    decoding.check_sampling(temperature, top_k, top_p, num_samples)
+    start = time.perf_counter()
+    outputs = self._generate_encoded([self.encode(p) for p in prompts], num_samples,
+                                     max_new_tokens=max_new_tokens, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, seed=seed)
+    texts = [self.decode_text(ids) for ids in outputs]
+    self._record_stats(len(prompts), outputs, time.perf_counter() - start)
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+  def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                   **sampling) -> list[list[int]]:
+    """Token-level `generate` (one sample per prompt): for prompts that are not plain text,
+    e.g. an infilling prompt with a sentinel id inside. Prompts are vocabulary ids without
+    BOS/EOS; the prefix-LM / causal layout is added here as for text prompts."""
+    start = time.perf_counter()
+    encoded = [decoding.model_prompt(list(p), self.prefix_lm) for p in prompts]
+    outputs = self._generate_encoded(encoded, 1, max_new_tokens=max_new_tokens, **sampling)
+    self._record_stats(len(prompts), outputs, time.perf_counter() - start)
+    return outputs
+
+  def _generate_encoded(self, encoded: list[list[int]], num_samples: int, *, max_new_tokens: int,
+                        temperature: float = 0.0, top_k: int | None = None,
+                        top_p: float | None = None, seed: int = 0) -> list[list[int]]:
+    rows = [i for i in range(len(encoded)) for _ in range(num_samples)]
+    order = sorted(range(len(rows)), key=lambda r: len(encoded[rows[r]]))
+    outputs: list[list[int]] = [[] for _ in rows]
+    # Every call decodes the same number of rows (filler rows pad the last one): batch_size, or
+    # for small requests the next power of two, so few shapes get compiled.
+    rows_per_call = min(self.batch_size, 1 << math.ceil(math.log2(max(len(rows), 1))))
+    for chunk_index, begin in enumerate(range(0, len(order), rows_per_call)):
+      chunk = order[begin:begin + rows_per_call]
+      generated = self._decode_chunk(
+          [encoded[rows[r]] for r in chunk], rows_per_call, max_new_tokens=max_new_tokens,
+          temperature=temperature, top_k=top_k, top_p=top_p,
+          rng=jax.random.fold_in(jax.random.key(seed), chunk_index))
+      for r, ids in zip(chunk, generated):
+        outputs[r] = ids
+    return outputs
+
+  def _decode_chunk(self, prompts: list[list[int]], rows: int, **kwargs) -> list[list[int]]:
+    filler = [[PAD_ID]] * (rows - len(prompts))  # a lone BOS; its output is dropped
+    tokens, lengths = decoding.pad_prompts(prompts + filler,
+                                  bucket_length(max(len(p) for p in prompts)))
+    if self.partitioner is None:
+      result = decoding.decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
+                      **kwargs)
+    else:
+      with self.partitioner.activation_context():
+        result = decoding.decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
+                        **kwargs)
+    return [list(result.tokens[i, :result.lengths[i]]) for i in range(len(prompts))]
+
+  def _record_stats(self, num_prompts: int, outputs: list[list[int]], seconds: float) -> None:
+    tokens = sum(len(o) for o in outputs)
+    seconds = max(seconds, 1e-9)
+    self.last_stats = {"examples": num_prompts, "sequences": len(outputs),
+                       "generated_tokens": tokens, "seconds": seconds,
+                       "examples_per_second": num_prompts / seconds,
+                       "tokens_per_second": tokens / seconds}
+    logger.info("generated %d tokens for %d prompts in %.2fs: %.2f examples/s, %.1f tokens/s",
+                 tokens, num_prompts, seconds, num_prompts / seconds, tokens / seconds)
+
+
+  # ---- rank classification ------------------------------------------------------------------
+  def score_options(self, prompts: Sequence[str], options: Sequence[Sequence[str]]
+                    ) -> list[list[float]]:
+    """log P(option + EOS | prompt) for every option of every prompt, teacher-forced."""
+    rows = []
+    for prompt, opts in zip(prompts, options):
+      encoded = self.encode(prompt)
+      rows.extend((encoded, list(self.vocabulary.encode(o)) + [EOS_ID]) for o in opts)
+    scores: list[float] = []
+    if rows:
+      length = bucket_length(max(len(p) + len(t) for p, t in rows))
+      for begin in range(0, len(rows), self.batch_size):
+        scores.extend(self._score_chunk(rows[begin:begin + self.batch_size], length))
+    out, k = [], 0
+    for opts in options:
+      out.append(scores[k:k + len(opts)])
+      k += len(opts)
+    return out
+
+  def _score_chunk(self, chunk: list[tuple[list[int], list[int]]], length: int) -> list[float]:
+    arrays = {k: np.zeros((self.batch_size, length), np.int32)
+              for k in ("tokens", "targets", "weights", "segments", "prefix")}
+    for r, (prompt, target) in enumerate(chunk):
+      sequence = prompt + target[:-1]
+      span = slice(len(prompt) - 1, len(prompt) - 1 + len(target))
+      arrays["tokens"][r, :len(sequence)] = sequence
+      # Position j predicts sequence[j + 1]: the first target token at the prompt's last slot.
+      arrays["targets"][r, span] = target
+      arrays["weights"][r, span] = 1
+      arrays["segments"][r, :len(sequence)] = 1
+      arrays["prefix"][r, :len(prompt)] = 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (self.batch_size, length))
+    scored = _sequence_log_likelihood(self.config, self.prefix_lm)(
+        self.params, arrays["tokens"], arrays["targets"], arrays["weights"],
+        arrays["segments"], positions, arrays["prefix"])
+    return [float(x) for x in np.asarray(scored)[:len(chunk)]]
+
+
+@functools.lru_cache(maxsize=None)
+def _sequence_log_likelihood(config: DecoderConfig, prefix_lm: bool):
+  model = decoder_lib.Decoder(config)
+
+  @jax.jit
+  def score(params, tokens, targets, weights, segments, positions, prefix):
+    logits = model.apply({"params": params}, tokens, segments, positions,
+                         prefix if prefix_lm else None)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(picked * weights, axis=-1)
+
+  return score
+
+
+# ---- loading a checkpoint -----------------------------------------------------------------------
+def model_dir_of(checkpoint: str) -> str:
+  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
+  ckpt_dir, _ = checkpoints.resolve_step_dir(checkpoint)
+  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
+
+
+def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, *,
+                   prefix_lm: bool | None = None, batch_size: int = 16,
+                   max_prompt_tokens: int | None = None) -> Generator:
+  """A `Generator` over a trained checkpoint (model dir, checkpoints dir or step dir).
+
+  The model is described by `run_info` (default: the model dir's run.json, written by the
+  trainer). `prefix_lm` and `max_prompt_tokens` default to how the model was trained.
+  """
+  run_info = run_info or config_lib.read_run_info(model_dir_of(checkpoint))
+  prefix_lm = run_info.prefix_lm if prefix_lm is None else prefix_lm
+  config = run_info.decoder_config
+  partitioner = partitioning.Partitioner({"data": -1})
+  params, step = checkpoints.restore_params(checkpoint,
+                                            decoder_lib.abstract_params(config, partitioner))
+  logger.info("loaded step %d from %s (%s LM)", step, checkpoint,
+              "prefix" if prefix_lm else "causal")
+  return Generator(config, params, run_info.build_vocabulary(), prefix_lm=prefix_lm,
+                   batch_size=batch_size,
+                   max_prompt_tokens=max_prompt_tokens or run_info.prompt_budget,
+                   partitioner=partitioner)

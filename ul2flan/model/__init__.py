@@ -1,0 +1,1 @@
+"""The decoder-only model: config, layers, attention, decoder, loss."""

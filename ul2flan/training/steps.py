@@ -1,0 +1,148 @@
+"""The train state pytree and the pure step functions, jitted once with explicit shardings.
+
+`StepBuilder` owns one configuration (model, partitioner, optimizer): it derives the sharding of
+every parameter and optimizer leaf, initialises state, and jits `train_step` (state donated) and
+`eval_step`. Nothing here touches files, data pipelines or metrics writers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from ul2flan import partitioning
+from ul2flan.model import decoder as decoder_lib
+from ul2flan.model.config import DecoderConfig
+from ul2flan.model.losses import cross_entropy_with_z_loss
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class StepBuilder:
+  """Builds the model, shardings and the jitted train/eval steps for one configuration."""
+
+  def __init__(self, model_config: DecoderConfig, partitioner: partitioning.Partitioner,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, *, seed: int,
+               z_loss: float, num_microbatches: int):
+    self.config = model_config
+    self.model = decoder_lib.Decoder(model_config)
+    self.partitioner = partitioner
+    self.tx = tx
+    self.schedule = schedule
+    self.seed = seed
+    self.z_loss = z_loss
+    self.num_microbatches = num_microbatches
+
+    self.abstract_params = decoder_lib.abstract_params(model_config, partitioner)
+    self.param_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, self.abstract_params)
+    self.opt_shardings = optax.tree_map_params(
+        tx, lambda leaf, p: partitioning.derived_sharding(leaf.shape, p.shape, p.sharding),
+        abstract_opt, self.abstract_params,
+        transform_non_params=lambda _: partitioner.replicated(),
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    self.abstract_opt_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_opt,
+        self.opt_shardings)
+    self.state_shardings = TrainState(step=partitioner.replicated(), params=self.param_shardings,
+                                      opt_state=self.opt_shardings)
+
+  # ---- state construction -------------------------------------------------------------------
+  def init_params(self, seed: int):
+    init = lambda: nn.unbox(self.model.init(jax.random.key(seed),
+                                            jnp.zeros((1, 8), jnp.int32)))["params"]
+    with self.partitioner.activation_context():
+      return jax.jit(init, out_shardings=self.param_shardings)()
+
+  def init_opt_state(self, params):
+    with self.partitioner.activation_context():
+      return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+
+  def make_state(self, step: int, params, opt_state) -> TrainState:
+    step = jax.device_put(jnp.asarray(step, jnp.int32), self.partitioner.replicated())
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+  # ---- steps ----------------------------------------------------------------------------------
+  def _loss_sums(self, params, batch, rng, enable_dropout: bool):
+    logits = self.model.apply({"params": params}, **decoder_lib.model_inputs(batch),
+                              enable_dropout=enable_dropout, rngs={"dropout": rng})
+    return cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
+                                     batch["decoder_loss_weights"], self.z_loss)
+
+  def _gradients(self, params, batch, rng, total_weight):
+    """Summed gradients and (nll, z, correct) sums, over `num_microbatches` microbatches."""
+    enable_dropout = self.config.dropout_rate > 0
+
+    def loss_fn(params, mb, mb_rng):
+      nll, z, correct = self._loss_sums(params, mb, mb_rng, enable_dropout)
+      return (nll + z) / total_weight, (nll, z, correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    k = self.num_microbatches
+    if k == 1:
+      (_, sums), grads = grad_fn(params, batch, rng)
+      return grads, sums
+    batch_axes = self.partitioner.spec(("batch",))[0]
+
+    def split(x):  # microbatch i takes rows i, i+k, ...: every device feeds every microbatch
+      x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(x, P(None, batch_axes))
+
+    def body(carry, inputs):
+      i, mb = inputs
+      (_, sums), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      acc_g, acc_s = carry
+      return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, (0.0, 0.0, 0.0)),
+                                    (jnp.arange(k), jax.tree.map(split, batch)))
+    return grads, sums
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
+    total_weight = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+    grads, (nll, z, correct) = self._gradients(state.params, batch, rng, total_weight)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": nll / total_weight, "z_loss": z / total_weight,
+        "accuracy": correct / total_weight, "learning_rate": self.schedule(state.step),
+        "grad_norm": optax.global_norm(grads), "loss_weight": total_weight,
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def eval_step(self, params, batch) -> dict:
+    nll, z, correct = self._loss_sums(params, batch, jax.random.key(0), False)
+    return {"nll": nll, "z": z, "correct": correct,
+            "weight": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))}
+
+  def batch_shardings(self, batch_spec: dict) -> dict:
+    return {k: self.partitioner.batch_sharding(len(shape)) for k, shape in batch_spec.items()}
+
+  def jit_train_step(self, batch_spec: dict) -> Callable:
+    return jax.jit(self.train_step,
+                   in_shardings=(self.state_shardings, self.batch_shardings(batch_spec)),
+                   out_shardings=(self.state_shardings, self.partitioner.replicated()),
+                   donate_argnums=(0,))
+
+  def jit_eval_step(self, batch_spec: dict) -> Callable:
+    return jax.jit(self.eval_step, in_shardings=(self.param_shardings,
+                                                 self.batch_shardings(batch_spec)),
+                   out_shardings=self.partitioner.replicated())
+
+
+def batch_spec(batch: dict) -> dict:
+  """{feature: shape}: what a jitted step is specialised on."""
+  return {k: v.shape for k, v in batch.items()}
