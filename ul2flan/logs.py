@@ -22,12 +22,8 @@ def verbose() -> bool:
 
 def setup() -> None:
   """Routes every logger to stderr; ul2flan at INFO, everything else at WARNING (INFO if verbose)."""
-  root = logging.getLogger()
-  if not any(getattr(h, "_ul2flan", False) for h in root.handlers):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
-    handler._ul2flan = True  # pylint: disable=protected-access
-    root.addHandler(handler)
-  root.setLevel(logging.INFO if verbose() else logging.WARNING)
+  # force: replaces whatever handler an imported library put on the root logger (one line each).
+  logging.basicConfig(level=logging.INFO if verbose() else logging.WARNING, format=FORMAT,
+                      datefmt="%H:%M:%S", stream=sys.stderr, force=True)
   logging.getLogger("ul2flan").setLevel(logging.INFO)
   absl_logging.set_verbosity(absl_logging.INFO if verbose() else absl_logging.WARNING)
