@@ -219,7 +219,7 @@ class HfVocabulary(seqio.Vocabulary):
     return ragged
 
   def _decode_rows(self, ids: np.ndarray) -> np.ndarray:
-    rows = ids.reshape(-1, ids.shape[-1]) if ids.ndim else ids.reshape(1, 1)
+    rows = ids.reshape(int(np.prod(ids.shape[:-1])), ids.shape[-1])
     texts = [self._decode(row).encode("utf-8") for row in rows]
     return np.array(texts, dtype=object).reshape(ids.shape[:-1])
 
