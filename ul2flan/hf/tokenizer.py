@@ -196,9 +196,11 @@ class HfVocabulary(seqio.Vocabulary):
 
   # tf.data ------------------------------------------------------------------------------------
 
+  def _encode_one(self, text: bytes) -> np.ndarray:
+    return self.encode_batch([text.decode("utf-8")])[0].astype(np.int32)
+
   def _encode_strings(self, strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    texts = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in strings.reshape(-1)]
-    encoded = self.encode_batch(texts)
+    encoded = self.encode_batch([s.decode("utf-8") for s in strings])
     lengths = np.array([len(e) for e in encoded], np.int64)
     flat = np.concatenate(encoded) if encoded else np.zeros([0], np.int32)
     return flat.astype(np.int32), lengths
@@ -207,11 +209,13 @@ class HfVocabulary(seqio.Vocabulary):
     s = tf.convert_to_tensor(s, tf.string)
     if s.shape.rank is None:
       raise ValueError("HfVocabulary.encode_tf needs a string tensor of known rank")
+    if s.shape.rank == 0:  # what seqio's tokenize passes: one document
+      ids = tf.numpy_function(self._encode_one, [s], tf.int32, stateful=False)
+      ids.set_shape([None])
+      return ids
     flat, lengths = tf.numpy_function(self._encode_strings, [tf.reshape(s, [-1])],
                                       (tf.int32, tf.int64), stateful=False)
     flat.set_shape([None])
-    if s.shape.rank == 0:
-      return flat
     ragged = tf.RaggedTensor.from_row_lengths(flat, tf.ensure_shape(lengths, [None]))
     outer = tf.shape(s, out_type=tf.int64)
     for axis in range(s.shape.rank - 1, 0, -1):  # restore the outer dimensions, innermost first
