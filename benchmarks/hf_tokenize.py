@@ -101,7 +101,7 @@ def main(argv=None) -> int:
   parser.add_argument("--vocab_size", type=int, default=16000, help="of the trained tokenizer")
   parser.add_argument("--doc_chars", type=int, default=2000)
   parser.add_argument("--num_docs", type=int, default=4000)
-  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--trainer_tokens_per_second", type=float, default=5400.0,
                       help="what the trainer consumes (default: tiny model on 2 CPU cores)")
   args = parser.parse_args(argv)

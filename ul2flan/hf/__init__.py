@@ -3,5 +3,5 @@
 `tokenizer` (a seqio vocabulary over `tokenizer.json`), `token_layout` (which ids are padding,
 sentinels and new rows, and how an embedding matrix maps between the tokenizer's ids and the
 model's), `chat_template` (a tokenizer's chat template rendered as transformers renders it).
-See docs/hf.md.
+See docs/hf_tokenizer.md (tokenizer, sentinels, chat templates).
 """
