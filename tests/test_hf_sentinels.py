@@ -171,3 +171,33 @@ def test_new_rows_are_added_to_a_checkpoint_with_the_tokenizers_rows(dirs):
     token_layout.model_embedding(hf[:10], vocab.layout)
   with pytest.raises(ValueError, match="at most .* Set the vocabulary's embedding_size"):
     token_layout.model_embedding(checkpoint_rows(size + 9), vocab.layout)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts of tokenizer shapes the fixtures do not cover.
+
+def ids(size, eos, bos, added=None, roles=()):
+  return token_layout.TokenizerIds(origin="t.json", size=size, eos=eos, bos=bos,
+                                   role_ids=frozenset({eos, *([bos] if bos is not None else []),
+                                                       *roles}), added=added or {})
+
+
+def test_bos_equal_to_eos_at_id_zero_moves_eos_off_padding():
+  """GPT-NeoX style: <|endoftext|> is id 0 and both BOS and EOS."""
+  layout = token_layout.plan_layout(ids(50, eos=0, bos=0),
+                                    token_layout.SentinelPolicy("new_rows", 3))
+  assert layout.swap == (0, 50) and layout.start_copies == 0
+  assert layout.tokenizer_to_model()[0] == 50  # EOS is model id 50, never padding
+  assert layout.sentinel_ids == (51, 52, 53) and layout.vocab_size == 54
+  rows = np.arange(50, dtype=np.float32)[:, None]
+  model = token_layout.model_embedding(rows, layout)
+  assert model[0, 0] == 0.0 and model[50, 0] == 0.0  # both hold the EOS row (tokenizer row 0)
+  np.testing.assert_allclose(model[51:, 0], np.mean(np.arange(50)))
+
+
+def test_bos_already_at_id_zero_stays_and_is_dropped_from_text():
+  layout = token_layout.plan_layout(ids(40, eos=2, bos=0), token_layout.SentinelPolicy("last_k", 5))
+  assert layout.swap is None and layout.start_copies is None and layout.dropped_ids == (0,)
+  assert layout.sentinel_ids == (39, 38, 37, 36, 35) and layout.vocab_size == 40
+  table = layout.tokenizer_to_model()
+  assert table[0] == token_layout.DROPPED and (table[1:] == np.arange(1, 40)).all()

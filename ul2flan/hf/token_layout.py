@@ -141,10 +141,7 @@ def _pool(ids: TokenizerIds, policy: SentinelPolicy, needed: int) -> list[int]:
       raise ValueError(
           f"{ids.origin}: sentinels='unused_rows' needs embedding_size, the model's embedding rows "
           f"(the tokenizer has {ids.size} ids; e.g. Qwen2.5 pads 151665 tokens to 151936 rows)")
-    if rows < ids.size:
-      raise ValueError(f"{ids.origin}: embedding_size {rows} is smaller than the tokenizer "
-                       f"({ids.size} ids); the model must have a row for every token")
-    pool = list(range(ids.size, rows))
+    pool = list(range(ids.size, rows))  # plan_layout checked rows >= ids.size
     where = f"embedding_size {rows} leaves {len(pool)} rows past the tokenizer's {ids.size} ids"
   elif policy.kind == "last_k":
     pool = list(range(ids.size - 1, max(ids.size - 1 - needed, 0), -1))
@@ -206,8 +203,8 @@ def plan_layout(ids: TokenizerIds, policy: SentinelPolicy) -> TokenLayout:
 
 
 # ------------------------------------------------------------------------------------------------
-# Embedding matrices (the importer applies these to the input embedding and, when untied, to the
-# output projection's rows).
+# Embedding matrices: [rows, d] in either order. The importer applies these to the input embedding
+# and, when untied, to the output projection's rows (the transpose of a [d, vocab] kernel).
 
 def mean_of_trained_rows(rows: np.ndarray, layout: TokenLayout) -> np.ndarray:
   """The float64 mean of the rows of `rows` (model order) that hold trained embeddings."""
