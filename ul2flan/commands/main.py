@@ -2,7 +2,8 @@
 
 Gin handling follows t5x: `--gin_file=A.gin` (repeatable) and `--gin.NAME=VALUE` bindings, applied
 in order. Configuration and input errors print `error: ...` and exit 2, without a traceback unless
-UL2FLAN_VERBOSE=1.
+UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own exit status:
+75 after a SIGTERM / SIGINT (checkpoint committed: re-run to resume), 3 on divergence.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ul2flan.commands import infer
 from ul2flan.commands import inspect_task
 from ul2flan.commands import pipeline
 from ul2flan.commands import train
+from ul2flan.training import guards
 
 COMMANDS = {
     "train": train,
@@ -46,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   logs.setup()
   try:
     return int(COMMANDS[args.command].run(args) or 0)
+  except guards.RunStopped as e:
+    print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
+    return e.exit_code
   except (ValueError, FileNotFoundError) as e:
     if logs.verbose():
       raise

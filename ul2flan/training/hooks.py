@@ -71,7 +71,10 @@ class Hooks:
 
 class MetricsLogger:
   """Accumulates step metrics on device; every period fetches them, adds throughput and MFU,
-  writes them (clu writer) and updates the progress bar. `accumulate` runs every step."""
+  writes them (clu writer) and updates the progress bar. `accumulate` runs every step.
+  Counts (`SUMMED`) are summed over the logged window; everything else is averaged."""
+
+  SUMMED = frozenset({"nonfinite_steps"})
 
   def __init__(self, writer, *, tokens_per_step: int, flops_per_token: float,
                peak_flops: float, stopwatch: Stopwatch, progress_bar=None):
@@ -94,7 +97,8 @@ class MetricsLogger:
       return
     fetched = jax.device_get(self.pending)
     elapsed = max(self.stopwatch.elapsed(), 1e-9)
-    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    scalars = {k: float((np.sum if k in self.SUMMED else np.mean)([m[k] for m in fetched]))
+               for k in fetched[-1]}
     scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
     tokens_per_second = self.tokens_per_step * len(fetched) / elapsed
     scalars.update(step_time=elapsed / len(fetched), tokens_per_second=tokens_per_second,
