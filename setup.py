@@ -24,6 +24,6 @@ setuptools.setup(
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},
     include_package_data=True,
     install_requires=_requirements(),
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "gcsfs==2026.10.1", "gcp-storage-emulator==2026.7.19"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

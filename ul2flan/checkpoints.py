@@ -136,10 +136,16 @@ def _restore(mngr: ocp.CheckpointManager, step: int, items: dict, verify: bool =
     return mngr.restore(step, args=ocp.args.Composite(**items))
   except (CheckpointShapeError, KeyboardInterrupt):
     raise
-  except Exception as e:  # orbax / tensorstore errors on unreadable files; pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    raise CheckpointDamagedError(damaged_message(step_dir, [f"orbax cannot read it: {first}"]),
-                                 ) from None
+  except Exception as e:  # orbax / tensorstore errors; pylint: disable=broad-except
+    said = "\n    ".join(str(e).strip().splitlines()[:6])[:1200] or type(e).__name__
+    if integrity.has_checksums(step_dir):  # the files are as saved: the request differs
+      raise ValueError(
+          f"cannot restore {step_dir}: {said}\nIts files match their checksums, so this run's "
+          f"configuration (model or optimizer) differs from the one that saved it; compare with "
+          f"config.gin in its model dir.") from None
+    raise CheckpointDamagedError(damaged_message(
+        step_dir, [f"orbax cannot read it (no checksums.json to tell damage from a different "
+                   f"configuration): {said}"])) from None
 
 
 def damaged_message(step_dir: epath.Path, problems: list[str]) -> str:

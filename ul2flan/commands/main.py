@@ -49,14 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     return int(COMMANDS[args.command].run(args) or 0)
   except guards.RunStopped as e:
-    print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
+    print(f"{type(e).__name__.lower()}: {_without_gin_context(e)}", file=sys.stderr)
     return e.exit_code
   except (ValueError, FileNotFoundError) as e:
     if logs.verbose():
       raise
-    message = "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_without_gin_context(e)}", file=sys.stderr)
     return 2
+
+
+def _without_gin_context(e: Exception) -> str:
+  """The message, less the line gin appends ("In call to configurable ...")."""
+  return "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
 
 
 if __name__ == "__main__":
