@@ -142,7 +142,19 @@ def create_writer(model_dir: str, subdir: str = "train",
 
 
 def read_metrics(path: str | epath.Path) -> list[dict]:
+  """The rows of a metrics file; a last line cut off mid-write (a killed run) is left out."""
   path = epath.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = path.read_text().splitlines(keepends=True)
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i == len(lines) - 1 and not line.endswith("\n"):
+        break
+      raise ValueError(f"{path}, line {i + 1}, is not a JSON object: {line[:200]!r}") from None
+  return rows
