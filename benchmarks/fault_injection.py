@@ -1,4 +1,4 @@
-"""Fault injection: interrupt `ul2flan train` at random moments, re-run it, compare with a clean run.
+"""Fault injection: interrupt `ul2flan train` at random moments, re-run, compare with a clean run.
 
 Each trial trains a micro model (async checkpoints every 3 steps) in a fresh model dir, interrupts
 it one or more times -- `kill -9` after a random number of logged steps, `kill -9` while an async

@@ -101,3 +101,36 @@ def test_two_processes_match_single_process(tmp_path):
   loss, tokens = _eval_reference(multi)
   assert row["step"] == 4 and row["tokens"] == tokens
   np.testing.assert_allclose(row["loss"], loss, rtol=1e-5)
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_committed_step(tmp_path):
+  """JAX's preemption sync: the signalled host and the other stop after the same step, saved."""
+  import signal
+  import time
+  d = tmp_path / "multi"
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  args = [a for a in MICRO_ARGS if not a.startswith("--gin.TRAIN_STEPS")]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "ul2flan", "train", f"--model_dir={d}", *args,
+       "--gin.TRAIN_STEPS=400", "--gin.CheckpointConfig.save_period=1000",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+       "--cpu_collectives=gloo"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + 400
+    while len(read_metrics(d / "metrics.jsonl")) < 3 and time.time() < deadline:
+      assert all(p.poll() is None for p in procs), "a process ended before the signal"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for e in errs]
+  steps = [int(x) for x in os.listdir(d / "checkpoints") if x.isdigit()]
+  logged = [m["step"] for m in read_metrics(d / "metrics.jsonl")]
+  assert len(steps) == 1 and 3 <= steps[0] < 400 and logged[-1] == steps[0]
+  assert logged == list(range(1, steps[0] + 1))
+  for err in errs:
+    assert f"Re-run the same command to resume from step {steps[0]}" in err

@@ -192,9 +192,9 @@ def restore_full(mngr: ocp.CheckpointManager, step: int, abstract_params, abstra
       OPTIMIZER: ocp.args.StandardRestore({"opt_state": abstract_opt_state}),
       DATA: ocp.args.JsonRestore(),
   }, verify=not verified)
+  checked = integrity.has_checksums(paths.resolve(mngr.directory) / str(step))
   logger.info("restored step %d from %s (%s)", step, where,
-              "checksums verified" if integrity.has_checksums(paths.resolve(mngr.directory) / str(step))
-              else "no checksums.json: not verified")
+              "checksums verified" if checked else "no checksums.json: not verified")
   return restored[PARAMS], restored[OPTIMIZER]["opt_state"], restored[DATA]
 
 

@@ -2,7 +2,8 @@
 
 The loop calls `Hooks.run(info)` after every step; each hook runs when `info.step` is a multiple
 of its period, and on the last step. Hooks: metrics logging (+ progress bar), periodic
-teacher-forced evaluation, checkpointing and profiling. A `Stopwatch` lets a hook keep its own
+teacher-forced evaluation, checkpointing, profiling, and the divergence and preemption checks of
+`ul2flan.training.guards`. A `Stopwatch` lets a hook keep its own
 time (evaluation, a blocking save) out of the throughput the metrics hook reports.
 """
 
