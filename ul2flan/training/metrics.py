@@ -84,7 +84,23 @@ class _EpathRecordFiles:
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
   def open(self, path: str):
-    return epath.Path(path).open("wb")
+    return _RemoteFile(epath.Path(path).open("wb"))
+
+
+class _RemoteFile:
+  """write / flush / close only: tensorboardX fsyncs anything that has a `fileno`."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def write(self, data: bytes) -> None:
+    self.f.write(data)
+
+  def flush(self) -> None:
+    self.f.flush()
+
+  def close(self) -> None:
+    self.f.close()
 
 
 for _scheme in ("gs", "s3", "az"):
