@@ -6,9 +6,12 @@ The same driver as `benchmarks/fault_injection.py`, which runs 20 random trials.
 
 import random
 
+import pytest
+
 from benchmarks import fault_injection as fi
 
 
+@pytest.mark.slow
 def test_interrupted_runs_resume_bit_identically(tmp_path):
   reference = str(tmp_path / "reference")
   r = fi.run_to_end(reference)

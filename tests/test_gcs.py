@@ -130,6 +130,7 @@ def test_train_and_resume_in_a_bucket(gcs, tmp_path):
     assert not os.path.exists(os.path.join(where, "gs:")), where
 
 
+@pytest.mark.slow
 def test_pipeline_stage_in_a_bucket(gcs):
   """UL2R and Flan stages start from params in the bucket and write everything back there."""
   if not gcs.names("run/checkpoints/"):

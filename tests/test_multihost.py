@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ul2flan.training.metrics import read_metrics
 from helpers import REPO_ROOT, run_cli
@@ -86,7 +87,7 @@ def test_two_processes_match_single_process(tmp_path):
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=300))
+      outs.append(p.communicate(timeout=600))
   finally:
     for p in procs:
       p.kill()
@@ -103,6 +104,7 @@ def test_two_processes_match_single_process(tmp_path):
   np.testing.assert_allclose(row["loss"], loss, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_host_stops_both_at_the_same_committed_step(tmp_path):
   """JAX's preemption sync: the signalled host and the other stop after the same step, saved."""
   import signal
