@@ -76,15 +76,21 @@ def _saving(model_dir: str) -> bool:
     return False
 
 
-def interrupt(model_dir: str, kind: str, rng: random.Random) -> dict:
-  """Starts the run and interrupts it once; returns what happened."""
+def interrupt(model_dir: str, kind: str, rng: random.Random, target: int | None = None) -> dict:
+  """Starts the run and interrupts it once; returns what happened.
+
+  Kills and SIGTERMs land once `target` steps are logged (random when not given); a kill during a
+  save lands in the first async save written at or after `target` (the first save by default).
+  """
   logged_before = _logged_steps(model_dir)
-  target = rng.randint(logged_before + 1, TOTAL_STEPS - 1)
+  if target is None:
+    target = (logged_before + 1 if kind == "kill_during_save"
+              else rng.randint(logged_before + 1, TOTAL_STEPS - 1))
   proc = _start(model_dir)
   what = {"kind": kind, "after_step": None, "during_save": False}
   while proc.poll() is None:
     logged = _logged_steps(model_dir)
-    if kind == "kill_during_save" and logged > logged_before and _saving(model_dir):
+    if kind == "kill_during_save" and logged >= target and _saving(model_dir):
       os.killpg(proc.pid, signal.SIGKILL)
       what.update(after_step=logged, during_save=True)
       break
@@ -155,13 +161,16 @@ def passed(result: dict) -> bool:
           and result["final_returncode"] == 0)
 
 
-def trial(workdir: str, name: str, reference: str, kinds, rng: random.Random) -> dict:
+def trial(workdir: str, name: str, reference: str, kinds, rng: random.Random,
+          targets=None) -> dict:
+  """Interrupts one run with each of `kinds` in turn (at `targets` steps if given), then runs it
+  to the end and compares it with `reference`."""
   model_dir = os.path.join(workdir, name)
   interruptions = []
-  for kind in kinds:
+  for kind, target in zip(kinds, targets or [None] * len(kinds)):
     if _logged_steps(model_dir) >= TOTAL_STEPS - 1:
       break
-    interruptions.append(interrupt(model_dir, kind, rng))
+    interruptions.append(interrupt(model_dir, kind, rng, target))
   final = run_to_end(model_dir)
   result = {"name": name, "interruptions": interruptions, "final_returncode": final.returncode,
             "final_stderr_tail": final.stderr[-2000:] if final.returncode else ""}
