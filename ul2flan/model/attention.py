@@ -222,6 +222,8 @@ class Attention(nn.Module):
       out = _einsum_core(q, k, v, mask, cfg, scale)
       out_spec = "bhlk,hkd->bld"
     else:
+      if cfg.attn_logits_soft_cap is not None:
+        raise ValueError("the fused attention cores cannot soft-cap logits: use resolve_impl")
       out = _fused_core(q, k, v, mask, scale=scale, causal=masks.causal,
                         local_window=local_window, impl=masks.impl)
       out_spec = "blhk,hkd->bld"
