@@ -189,9 +189,11 @@ def main():
                              args.peak, args.packed)))
     return
   start, results = time.perf_counter(), []
+  # Remat outermost: under --budget_s every core and length gets its first policy before any
+  # gets a second.
   for shape in args.shape or ["cpu_512x8", "tiny"]:
-    for seq in _csv(args.seq):
-      for remat in _csv(args.remat):
+    for remat in _csv(args.remat):
+      for seq in _csv(args.seq):
         for attention in _csv(args.attention):
           if args.budget_s and time.perf_counter() - start > args.budget_s:
             print(f"budget spent: skipping {shape} {attention} T={seq} remat={remat}")

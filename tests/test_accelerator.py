@@ -82,7 +82,7 @@ TOLERANCE = 0.01
 def test_bf16_run_tracks_float32_loss():
   loss32, state32, _, _ = _train("float32", STEPS)
   loss16, state16, builder16, batch = _train("bfloat16", STEPS)
-  assert loss32[-50:].mean() < 0.5 * loss32[:10].mean(), "the task must be learnt for the test to mean anything"
+  assert loss32[-50:].mean() < 0.5 * loss32[:10].mean(), "the task must be learnt to mean anything"
   windows32, windows16 = loss32.reshape(-1, 50).mean(1), loss16.reshape(-1, 50).mean(1)
   rel = np.abs(windows16 - windows32) / windows32
   message = f"float32 {np.round(windows32, 4)} bf16 {np.round(windows16, 4)} rel {np.round(rel, 4)}"

@@ -146,7 +146,7 @@ def _random_params(cfg, seed=0):
   return jax.tree_util.tree_map_with_path(draw, nn.unbox(shapes))
 
 
-# ---- the fused path equals the einsum path, through the whole decoder -----------------------------
+# ---- the fused path equals the einsum path, through the whole decoder ---------------------------
 def _stack_layers(params, num_layers):
   """Unrolled layer_i params -> the scanned {"layers": {"layer": stacked}} layout."""
   layers = [params[f"layer_{i}"] for i in range(num_layers)]

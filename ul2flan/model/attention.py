@@ -49,7 +49,8 @@ def attention_mask(query_positions: Array, key_positions: Array,
   causal = key_positions[:, None, :] <= query_positions[:, :, None]
   visible = causal
   if query_prefix is not None:
-    visible = visible | (query_prefix[:, :, None].astype(bool) & key_prefix[:, None, :].astype(bool))
+    both_in_prefix = query_prefix[:, :, None].astype(bool) & key_prefix[:, None, :].astype(bool)
+    visible = visible | both_in_prefix
   if window is not None:
     distance = query_positions[:, :, None] - key_positions[:, None, :]
     visible = visible & (distance < window) & (-distance < window)
