@@ -61,9 +61,9 @@ def reference_attention(x, params, cfg, seg, pos, prefix, use_window):
     s = cfg.attn_logits_soft_cap * np.tanh(s / cfg.attn_logits_soft_cap)
   mask = reference_mask(seg, pos, prefix, cfg.sliding_window if use_window else None)
   s = np.where(mask[:, None], s, -np.inf)
-  s = s - s.max(-1, keepdims=True)
-  w = np.exp(s)
-  w = np.nan_to_num(w / w.sum(-1, keepdims=True))  # padding rows: all masked, compared nowhere
+  with np.errstate(invalid="ignore"):  # padding rows: all masked (NaN), compared nowhere
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w = np.nan_to_num(w / w.sum(-1, keepdims=True))
   out = np.einsum("bhqt,bthk->bqhk", w, v)
   return np.einsum("bqhk,hkd->bqd", out, p["out"])
 
