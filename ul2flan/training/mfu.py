@@ -42,7 +42,7 @@ def datasheet_peak(device_kind: str) -> tuple[float, str] | None:
   """(dense bf16 FLOP/s, source) for a jax `device_kind`, or None for one not in the table."""
   kind = device_kind.lower().strip()
   for match, flops, source in PEAK_FLOPS_TABLE:
-    if kind == match if match.startswith("tpu") else match in kind:
+    if (kind == match) if match.startswith("tpu") else (match in kind):
       return flops, f"{device_kind}: {source}"
   return None
 
