@@ -135,6 +135,10 @@ def _csv(value: str | None) -> list:
   return [None] if value is None else [v or None for v in value.split(",")]
 
 
+def _gib(value: float) -> str:
+  return "n/a" if value != value else f"{value:.1f}"  # NaN: the backend keeps no memory stats
+
+
 def print_table(results: list[dict]) -> None:
   print(f"\n{'shape':<10}{'attention':>10}{'used':>8}{'seq':>6}{'batch':>6}{'remat':>26}"
         f"{'tokens/s':>11}{'MFU':>7}{'peak GiB':>9}{'compile s':>10}")
@@ -145,7 +149,7 @@ def print_table(results: list[dict]) -> None:
       continue
     print(f"{r['shape']:<10}{r['attention']:>10}{r['attention_used']:>8}{r['seq']:>6}"
           f"{r['batch']:>6}{r['remat']:>26}{r['tokens_per_second']:>11,.0f}{r['mfu']:>7.3f}"
-          f"{r['peak_memory_gib']:>9.1f}{r['compile_s']:>10.1f}")
+          f"{_gib(r['peak_memory_gib']):>9}{r['compile_s']:>10.1f}")
   ok = [r for r in results if "error" not in r]
   if ok:
     print(f"peak: {ok[0]['peak_source']} ({ok[0]['device']} x{ok[0]['devices']})")
