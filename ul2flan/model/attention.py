@@ -30,6 +30,8 @@ from ul2flan.model.layers import dense_init, param_with_axes, rotary_embedding
 Array = jax.Array
 NEG_INF = -1e10
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # what cuDNN's flash kernel takes
+_SCORE_ALGORITHMS = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+                     jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32}
 
 
 def attention_mask(query_positions: Array, key_positions: Array,
@@ -157,7 +159,10 @@ def _einsum_core(q: Array, k: Array, v: Array, bias: Array, cfg: DecoderConfig,
   b, _, lq, _ = q.shape
   lt = k.shape[2]
   q = q.reshape(b, cfg.num_kv_heads, groups * lq, cfg.head_dim) * scale
-  scores = jnp.einsum("bhqk,bhtk->bhqt", q, k, preferred_element_type=jnp.float32)
+  # float32 scores from 16-bit q, k; the algorithm preset keeps the backward matmuls 16-bit too
+  # (cuDNN's numerics; a plain float32 cotangent would make them float32, TF32 at best, jax#24047).
+  scores = jnp.einsum("bhqk,bhtk->bhqt", q, k, preferred_element_type=jnp.float32,
+                      precision=_SCORE_ALGORITHMS.get(dt))
   if cfg.attn_logits_soft_cap is not None:
     cap = cfg.attn_logits_soft_cap
     scores = cap * jnp.tanh(scores / cap)
