@@ -26,28 +26,8 @@ def metrics_path(model_dir: str, subdir: str = "train") -> epath.Path:
   return epath.Path(model_dir) / name
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Scalars as JSON lines, one object per step: {"step": N, name: value, ...}."""
-
-  def __init__(self, path: epath.Path, resume_step: int = 0):
-    self.path = epath.Path(path)
-    self.append = not paths.is_url(self.path)
-    self.lines: list[str] = []  # what the file holds (kept only where it is rewritten whole)
-    if self.path.exists():  # forget rows of steps that will be trained again
-      rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-      self.lines = [json.dumps(r) + "\n" for r in rows]
-      self.path.write_text("".join(self.lines))
-    if self.append:
-      self.lines = []
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
-    if self.append:
-      with self.path.open("a") as f:
-        f.write(line)
-    else:
-      self.lines.append(line)
-      self.path.write_text("".join(self.lines))
+class _ScalarWriter(metric_writers.MetricWriter):
+  """A clu writer of scalars only: the other kinds of summary are not written."""
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -75,6 +55,31 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def close(self):
     pass
+
+
+class JsonlWriter(_ScalarWriter):
+  """Scalars as JSON lines, one object per step: {"step": N, name: value, ...}."""
+
+  def __init__(self, path: epath.Path, resume_step: int = 0):
+    self.path = epath.Path(path)
+    self.append = not paths.is_url(self.path)
+    self.lines: list[str] = []  # what the file holds (kept only where it is rewritten whole)
+    if self.path.exists():  # forget rows of steps that will be trained again
+      rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+      self.lines = [json.dumps(r) + "\n" for r in rows]
+      self.path.write_text("".join(self.lines))
+    if self.append:
+      self.lines = []
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    if self.append:
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
+
 
 
 class _EpathRecordFiles:
@@ -107,7 +112,7 @@ for _scheme in ("gs", "s3", "az"):
   record_writer.register_writer_factory(_scheme, _EpathRecordFiles())
 
 
-class TensorBoardWriter(metric_writers.MetricWriter):
+class TensorBoardWriter(_ScalarWriter):
   """Scalars as TensorBoard event files under `logdir` (local or a URL)."""
 
   def __init__(self, logdir: str):
@@ -117,26 +122,6 @@ class TensorBoardWriter(metric_writers.MetricWriter):
     for k, v in scalars.items():
       self.writer.add_scalar(k, float(v), int(step))
 
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
 
   def flush(self):
     self.writer.flush()
