@@ -83,6 +83,12 @@ def resolve_step_dir(path: str) -> tuple[str, int]:
                           f"{PARAMS})")
 
 
+def model_dir_of(checkpoint: str) -> str:
+  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
+  ckpt_dir, _ = resolve_step_dir(checkpoint)
+  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
+
+
 def _shape_report(expected, found) -> list[str]:
   exp = {k: v for k, v in _named_shapes(expected)}
   got = {k: v for k, v in _named_shapes(found)}

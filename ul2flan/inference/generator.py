@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 
@@ -198,12 +197,6 @@ def _sequence_log_likelihood(config: DecoderConfig, prefix_lm: bool):
 
 
 # ---- loading a checkpoint -----------------------------------------------------------------------
-def model_dir_of(checkpoint: str) -> str:
-  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
-  ckpt_dir, _ = checkpoints.resolve_step_dir(checkpoint)
-  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
-
-
 def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, *,
                    prefix_lm: bool | None = None, batch_size: int = 16,
                    max_prompt_tokens: int | None = None) -> Generator:
@@ -212,7 +205,7 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   The model is described by `run_info` (default: the model dir's run.json, written by the
   trainer). `prefix_lm` and `max_prompt_tokens` default to how the model was trained.
   """
-  run_info = run_info or config_lib.read_run_info(model_dir_of(checkpoint))
+  run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   prefix_lm = run_info.prefix_lm if prefix_lm is None else prefix_lm
   config = run_info.decoder_config
   partitioner = partitioning.Partitioner({"data": -1})

@@ -1,0 +1,213 @@
+"""`import_hf`: a Hugging Face model dir -> a ul2flan model dir.
+
+The output is what the rest of ul2flan already reads: `checkpoints/0/params` (orbax; a valid
+INITIAL_CHECKPOINT_PATH), `run.json`, `model.gin` (the DecoderConfig and vocabulary bindings) and
+`tokenizer/` (the tokenizer files, plus config.json / generation_config.json that export uses
+as templates). Everything is checked before anything is written (model_type and features, every
+tensor's presence and shape), and the dir appears all at once (`output_dir.staging`).
+
+Parameters are built with `jax.make_array_from_callback` on the target sharding: each process
+reads, converts and keeps only the slices its devices hold, one tensor at a time, so a host's
+resident memory stays near its share of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ul2flan import checkpoints
+from ul2flan import config as config_lib
+from ul2flan import partitioning
+from ul2flan.hf import families, output_dir, safetensors_io, tokenizer_files, weights
+from ul2flan.model import decoder as decoder_lib
+from ul2flan.model.config import DecoderConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_GIN = "model.gin"
+TOKENIZER_DIR = "tokenizer"
+CONFIG_FILE = "config.json"
+DTYPES = ("float32", "bfloat16")
+
+
+def read_hf_config(hf_dir: str) -> dict[str, Any]:
+  path = os.path.join(hf_dir, CONFIG_FILE)
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model dir)")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {hf_dir} is not a Hugging Face model dir")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def is_hf_model_dir(path: str) -> bool:
+  """A Hugging Face model dir (config.json + safetensors), as opposed to a ul2flan checkpoint."""
+  return (os.path.exists(os.path.join(path, CONFIG_FILE)) and
+          (os.path.exists(os.path.join(path, safetensors_io.SINGLE_FILE)) or
+           os.path.exists(os.path.join(path, safetensors_io.INDEX_FILE))))
+
+
+def decoder_config(hf_dir: str, dtype: str = "float32", scan_layers: bool = False
+                   ) -> DecoderConfig:
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  fields = families.decoder_fields(read_hf_config(hf_dir), os.path.join(hf_dir, CONFIG_FILE))
+  return DecoderConfig(**fields, dtype=dtype, scan_layers=scan_layers)
+
+
+def check_weights(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
+                  abstract: Mapping[tuple, Any]) -> None:
+  """Every tensor present with the shape config.json implies, and nothing unknown left over."""
+  problems, used = [], set()
+  for path, tmap in weights.leaves(cfg):
+    our_shape = abstract[path].shape
+    if cfg.scan_layers and tmap.per_layer:
+      our_shape = our_shape[1:]
+    want = tmap.hf_shape(our_shape)
+    for layer in weights.layers_of(path, tmap, cfg):
+      name = tmap.hf_name(layer)
+      used.add(name)
+      if name not in reader:
+        problems.append(f"  {name}: missing from {reader.where(name)} (the model needs {want})")
+      elif reader.tensors[name].shape != want:
+        problems.append(f"  {name} in {reader.where(name)}: shape "
+                        f"{reader.tensors[name].shape}, but config.json implies {want}")
+  extra = sorted(n for n in reader.tensors if n not in used and not weights.ignorable(n, cfg))
+  problems += [f"  {n} in {reader.where(n)}: not a parameter of this model (a feature the decoder "
+               f"lacks, or a config.json that does not match the weights)" for n in extra[:10]]
+  if problems:
+    raise ValueError(f"the weights in {reader.hf_dir} do not match its config.json "
+                     f"({len(problems)} problems):\n" + "\n".join(problems[:30]))
+
+
+def _leaf_loader(reader, path, tmap, cfg, shape, dtype):
+  """The make_array_from_callback callback of one leaf: reads the HF tensor(s) behind an index."""
+  last: dict = {}
+
+  def load(index: tuple[slice, ...]) -> np.ndarray:
+    key = tuple((s.start, s.stop) for s in index)
+    if key in last:  # replicated shards ask for the same slice once per device
+      return last[key]
+    layers = weights.layers_of(path, tmap, cfg)
+    if cfg.scan_layers and tmap.per_layer:
+      layers, rest = layers[index[0]], index[1:]
+      parts = [tmap.to_ours(reader.read(tmap.hf_name(i)), shape[1:])[rest] for i in layers]
+      out = np.stack([p.astype(dtype, copy=False) for p in parts])
+    else:
+      out = tmap.to_ours(reader.read(tmap.hf_name(layers[0])), shape)[index]
+      out = np.ascontiguousarray(out.astype(dtype, copy=False))
+    last.clear()
+    last[key] = out
+    return out
+
+  return load
+
+
+def load_params(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
+                partitioner: partitioning.Partitioner, dtype: str) -> dict:
+  """The decoder's params as sharded jax arrays (stored dtype `dtype`), read tensor by tensor."""
+  abstract = _flat(decoder_lib.abstract_params(cfg, partitioner))
+  check_weights(reader, cfg, abstract)
+  np_dtype = np.dtype(jax.numpy.dtype(dtype))
+  flat = {}
+  # Largest first: the transient copies of a big tensor then sit beside few finished ones.
+  order = sorted(weights.leaves(cfg), key=lambda pt: -int(np.prod(abstract[pt[0]].shape)))
+  for path, tmap in order:
+    target = abstract[path]
+    flat[path] = jax.make_array_from_callback(
+        target.shape, target.sharding,
+        _leaf_loader(reader, path, tmap, cfg, target.shape, np_dtype), dtype=np_dtype)
+  return _unflatten(flat)
+
+
+def _flat(tree) -> dict[tuple, Any]:
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out[tuple(p.key for p in path)] = leaf
+  return out
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def save_params(model_dir: str, params, step: int = 0) -> None:
+  """Writes params as `model_dir/checkpoints/<step>/params`, the layout training reads."""
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
+  with checkpoints.open_manager(checkpoints.checkpoint_dir(model_dir), options) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**{checkpoints.PARAMS: ocp.args.StandardSave(params)}))
+    mngr.wait_until_finished()
+
+
+def model_gin(cfg: DecoderConfig, vocabulary: Mapping[str, Any], source: str) -> str:
+  lines = [f"# Written by `ul2flan import-hf` from {source}.",
+           "# Include it as the model gin file of a run; override any binding after it."]
+  lines += [f"DecoderConfig.{k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()]
+  lines += [f"get_vocabulary.{k} = {v!r}" for k, v in vocabulary.items()]
+  return "\n".join(lines) + "\n"
+
+
+def fingerprint(hf_dir: str, reader: safetensors_io.WeightsReader, dtype: str,
+                scan_layers: bool) -> dict[str, Any]:
+  """What the conversion depends on: config.json's content, the weight files' names and sizes."""
+  with open(os.path.join(hf_dir, CONFIG_FILE), "rb") as f:
+    config_hash = hashlib.sha256(f.read()).hexdigest()
+  files = sorted({info.path for info in reader.tensors.values()})
+  return {"source": hf_dir, "config_sha256": config_hash,
+          "weights": {os.path.basename(p): os.path.getsize(p) for p in files},
+          "dtype": dtype, "scan_layers": scan_layers}
+
+
+def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers: bool = False,
+              mesh_shape: Mapping[str, int] | None = None) -> str:
+  """Converts a Hugging Face model dir into a ul2flan model dir; returns `out_dir`.
+
+  A re-run with the same source and settings reuses `out_dir`; an `out_dir` that holds anything
+  else is refused. `mesh_shape` (default: FSDP over every device) shards the params as they are
+  built and written.
+  """
+  hf_dir, out_dir = os.path.abspath(hf_dir), os.path.abspath(out_dir)
+  cfg = decoder_config(hf_dir, dtype, scan_layers)
+  tokenizer_files.check_tokenizer(hf_dir)
+  reader = safetensors_io.WeightsReader(hf_dir)
+  marker = {"kind": "import-hf", "source": hf_dir,
+            "fingerprint": fingerprint(hf_dir, reader, dtype, scan_layers)}
+  if output_dir.already_written(out_dir, marker["fingerprint"]):
+    return out_dir
+  partitioner = partitioning.Partitioner(mesh_shape or {"fsdp": -1})
+  with partitioner.activation_context():
+    params = load_params(reader, cfg, partitioner, dtype)
+  vocabulary = {"kind": "hf", "path": os.path.join(out_dir, TOKENIZER_DIR)}
+  with output_dir.staging(out_dir, marker) as tmp:
+    save_params(tmp, params)
+    del params
+    if jax.process_index() == 0:
+      tokenizer_files.copy_files(hf_dir, os.path.join(tmp, TOKENIZER_DIR),
+                                 tokenizer_files.TOKENIZER_FILES
+                                 + tokenizer_files.MODEL_CONFIG_FILES)
+      config_lib.write_run_info(tmp, config_lib.RunInfo(
+          model=dataclasses.asdict(cfg), feature_converter="lm", task_feature_lengths={},
+          vocabulary=vocabulary))
+      with open(os.path.join(tmp, MODEL_GIN), "w") as f:
+        f.write(model_gin(cfg, vocabulary, hf_dir))
+  logger.info("imported %s (%s, %d layers) into %s", hf_dir,
+              read_hf_config(hf_dir)["model_type"], cfg.num_layers, out_dir)
+  return out_dir
