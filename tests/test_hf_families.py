@@ -99,3 +99,50 @@ def test_export_loads_in_transformers_and_reimports_bit_identically(imported, tm
       cfg2, partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def prefix_lm_mask(prompt_length: int, total_length: int) -> torch.Tensor:
+  """docs/hf.md's 4-D mask: causal, plus bidirectional within the prompt. Additive float (0 where
+  visible), which both the sdpa and the eager attention of transformers accept."""
+  q = torch.arange(total_length)[:, None]
+  k = torch.arange(total_length)[None, :]
+  visible = (k <= q) | ((k < prompt_length) & (q < prompt_length))
+  mask = torch.zeros(total_length, total_length)
+  return mask.masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
+
+
+def hf_prefix_lm_greedy(model, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
+  """docs/hf.md's loop: the prompt in one pass under the prefix mask, then cached causal steps."""
+  with torch.no_grad():
+    out = model(prompt, attention_mask=prefix_lm_mask(prompt.shape[1], prompt.shape[1]),
+                use_cache=True)
+    tokens = [int(out.logits[0, -1].argmax())]
+    for _ in range(max_new_tokens - 1):
+      out = model(torch.tensor([[tokens[-1]]]), cache=out.cache,
+                  use_cache=True)
+      tokens.append(int(out.logits[0, -1].argmax()))
+  return tokens
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_exported_model_runs_as_a_prefix_lm_in_transformers(imported, tmp_path, name):
+  import transformers
+  _, _, model_dir, cfg, params = imported(name)
+  out = exporter.export_hf(model_dir, str(tmp_path / "export"), sentinel_ids=())
+  model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  ids = tokens(cfg.vocab_size, batch=1, seed=3)
+  prefix = np.zeros_like(ids)
+  prefix[:, :200] = 1
+  ours = np.asarray(decoder_lib.Decoder(cfg).apply(
+      {"params": params}, jnp.asarray(ids), decoder_causal_attention=jnp.asarray(prefix)))
+  theirs = hf_reference.hf_logits(model, ids, attention_mask=prefix_lm_mask(200, LENGTH))
+  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+  causal = hf_reference.hf_logits(model, ids)
+  # Run causally, the same weights read the prompt differently, and so predict differently.
+  assert np.abs(causal[:, :199] - ours[:, :199]).max() > 1e-2
+  assert np.abs(causal[:, 200:] - ours[:, 200:]).max() > 1e-2
+  prompt = ids[:, :100]
+  want = decoding.decode(params, cfg, prompt, np.array([100]), max_new_tokens=32, prefix_lm=True,
+                         eos_id=None).tokens[0]
+  np.testing.assert_array_equal(hf_prefix_lm_greedy(model, torch.as_tensor(prompt).long(), 32),
+                                want)
