@@ -6,9 +6,9 @@ INITIAL_CHECKPOINT_PATH), `run.json`, `model.gin` (the DecoderConfig and vocabul
 as templates). Everything is checked before anything is written (model_type and features, every
 tensor's presence and shape), and the dir appears all at once (`output_dir.staging`).
 
-Parameters are built with `jax.make_array_from_callback` on the target sharding: each process
-reads, converts and keeps only the slices its devices hold, one tensor at a time, so a host's
-resident memory stays near its share of the model.
+One process converts every HF tensor straight into its place in a NumPy array (resident memory:
+the model plus one tensor). Several processes (multi-host) build sharded jax arrays with
+`jax.make_array_from_callback`: each reads, converts and keeps only its devices' slices.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ MODEL_GIN = "model.gin"
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.json"
 DTYPES = ("float32", "bfloat16")
+SAVE_CHUNK_BYTES = 64 * 1024 ** 2
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -115,16 +116,41 @@ def _leaf_loader(reader, path, tmap, cfg, shape, dtype):
   return load
 
 
-def load_params(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
-                partitioner: partitioning.Partitioner, dtype: str) -> dict:
-  """The decoder's params as sharded jax arrays (stored dtype `dtype`), read tensor by tensor."""
+def _largest_first(cfg: DecoderConfig, abstract: Mapping[tuple, Any]):
+  # The transient buffers of a big tensor then sit beside few finished parameters.
+  return sorted(weights.leaves(cfg), key=lambda pt: -int(np.prod(abstract[pt[0]].shape)))
+
+
+def load_params_on_host(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
+                        dtype: str) -> dict:
+  """One process: the params as NumPy arrays, each HF tensor read and converted straight into
+  its place (no intermediate copies; a same-dtype copy-kind tensor is read in place)."""
+  abstract = _flat(decoder_lib.abstract_params(cfg, partitioning.Partitioner(
+      {"data": 1}, devices=jax.local_devices()[:1])))
+  check_weights(reader, cfg, abstract)
+  np_dtype = np.dtype(jax.numpy.dtype(dtype))
+  flat = {}
+  for path, tmap in _largest_first(cfg, abstract):
+    leaf = np.empty(abstract[path].shape, np_dtype)
+    for position, layer in enumerate(weights.layers_of(path, tmap, cfg)):
+      dest = leaf[position] if cfg.scan_layers and tmap.per_layer else leaf
+      name = tmap.hf_name(layer)
+      if tmap.kind == "copy" and reader.tensors[name].dtype == np_dtype:
+        reader.read(name, out=dest)
+      else:
+        tmap.fill(dest, reader.read(name))
+    flat[path] = leaf
+  return _unflatten(flat)
+
+
+def load_params_sharded(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
+                        partitioner: partitioning.Partitioner, dtype: str) -> dict:
+  """Several processes: sharded jax arrays; each process converts only its devices' slices."""
   abstract = _flat(decoder_lib.abstract_params(cfg, partitioner))
   check_weights(reader, cfg, abstract)
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
   flat = {}
-  # Largest first: the transient copies of a big tensor then sit beside few finished ones.
-  order = sorted(weights.leaves(cfg), key=lambda pt: -int(np.prod(abstract[pt[0]].shape)))
-  for path, tmap in order:
+  for path, tmap in _largest_first(cfg, abstract):
     target = abstract[path]
     flat[path] = jax.make_array_from_callback(
         target.shape, target.sharding,
@@ -150,10 +176,23 @@ def _unflatten(flat: Mapping[tuple, Any]) -> dict:
 
 
 def save_params(model_dir: str, params, step: int = 0) -> None:
-  """Writes params as `model_dir/checkpoints/<step>/params`, the layout training reads."""
+  """Writes params as `model_dir/checkpoints/<step>/params`, the layout training restores.
+
+  NumPy leaves are written without orbax's defensive copy of host arrays (the default handler
+  deep-copies every array first, doubling the peak memory of an import); jax arrays go through
+  the standard handler."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (jax.Array, ocp.type_handlers.ArrayHandler()))
+  handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=False)
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
-  with checkpoints.open_manager(checkpoints.checkpoint_dir(model_dir), options) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**{checkpoints.PARAMS: ocp.args.StandardSave(params)}))
+  with ocp.CheckpointManager(checkpoints.checkpoint_dir(model_dir), options=options,
+                             item_handlers={checkpoints.PARAMS: handler}) as mngr:
+    # Chunks of at most 64 MB, each encoded and written on its own; without OCDBT, whose
+  # transaction holds every encoded chunk until the commit (+0.75x the model in a measurement).
+    save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=SAVE_CHUNK_BYTES), params)
+    mngr.save(step, args=ocp.args.Composite(**{checkpoints.PARAMS: ocp.args.PyTreeSave(
+        params, save_args=save_args)}))
     mngr.wait_until_finished()
 
 
@@ -181,8 +220,8 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers:
   """Converts a Hugging Face model dir into a ul2flan model dir; returns `out_dir`.
 
   A re-run with the same source and settings reuses `out_dir`; an `out_dir` that holds anything
-  else is refused. `mesh_shape` (default: FSDP over every device) shards the params as they are
-  built and written.
+  else is refused. With several processes, `mesh_shape` (default: FSDP over every device) is how
+  the params are sharded while they are built and written.
   """
   hf_dir, out_dir = os.path.abspath(hf_dir), os.path.abspath(out_dir)
   cfg = decoder_config(hf_dir, dtype, scan_layers)
@@ -192,9 +231,11 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers:
             "fingerprint": fingerprint(hf_dir, reader, dtype, scan_layers)}
   if output_dir.already_written(out_dir, marker["fingerprint"]):
     return out_dir
-  partitioner = partitioning.Partitioner(mesh_shape or {"fsdp": -1})
-  with partitioner.activation_context():
-    params = load_params(reader, cfg, partitioner, dtype)
+  if jax.process_count() == 1:
+    params = load_params_on_host(reader, cfg, dtype)
+  else:
+    partitioner = partitioning.Partitioner(mesh_shape or {"fsdp": -1})
+    params = load_params_sharded(reader, cfg, partitioner, dtype)
   vocabulary = {"kind": "hf", "path": os.path.join(out_dir, TOKENIZER_DIR)}
   with output_dir.staging(out_dir, marker) as tmp:
     save_params(tmp, params)

@@ -80,14 +80,18 @@ def read_header(path: str) -> dict[str, TensorInfo]:
   return out
 
 
-def read_tensor(info: TensorInfo, rows: slice | None = None) -> np.ndarray:
-  """A tensor (or a range of its first axis) read straight into a new array."""
+def read_tensor(info: TensorInfo, rows: slice | None = None, out: np.ndarray | None = None
+                ) -> np.ndarray:
+  """A tensor (or a range of its first axis) read straight into `out` (or a new array)."""
   shape, offset = info.shape, info.offset
   if rows is not None and shape:
     start, stop, _ = rows.indices(shape[0])
     row_bytes = info.nbytes // max(shape[0], 1)
     shape, offset = (stop - start,) + shape[1:], offset + start * row_bytes
-  out = np.empty(shape, info.dtype)
+  if out is None:
+    out = np.empty(shape, info.dtype)
+  elif out.shape != shape or out.dtype != info.dtype or not out.flags.c_contiguous:
+    raise ValueError(f"cannot read {info.name} {shape} {info.dtype} into {out.shape} {out.dtype}")
   view = memoryview(out.reshape(-1).view(np.uint8))
   with open(info.path, "rb", buffering=0) as f:
     f.seek(offset)
@@ -154,8 +158,9 @@ class WeightsReader:
   def __contains__(self, name: str) -> bool:
     return name in self.tensors
 
-  def read(self, name: str, rows: slice | None = None) -> np.ndarray:
-    return read_tensor(self.tensors[name], rows)
+  def read(self, name: str, rows: slice | None = None, out: np.ndarray | None = None
+           ) -> np.ndarray:
+    return read_tensor(self.tensors[name], rows, out)
 
 
 # ---- writing ------------------------------------------------------------------------------------

@@ -52,6 +52,13 @@ class TensorMap:
   def to_hf(self, array: np.ndarray) -> np.ndarray:
     return _KINDS[self.kind][2](array)
 
+  def fill(self, dest: np.ndarray, hf_array: np.ndarray) -> None:
+    """dest[...] = to_ours(hf_array), cast to dest's dtype without an intermediate copy."""
+    if self.kind in ("transpose", "heads_in", "heads_out"):
+      dest.reshape(hf_array.shape[::-1])[...] = hf_array.T
+    else:
+      dest.reshape(hf_array.shape)[...] = hf_array
+
 
 def tensor_maps(cfg: DecoderConfig) -> list[TensorMap]:
   """Every parameter of `cfg`'s decoder and the HF tensor it corresponds to."""
