@@ -186,3 +186,24 @@ def test_cli_reports_errors_without_a_traceback(small_hf_dir, tmp_path):
   assert result.returncode == 2, result.stderr
   assert "error:" in result.stderr and "'falcon' is not supported" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_sharded_loading_equals_host_loading(small_hf_dir, tmp_path, scan_layers):
+  """The multi-host path (each device's slice converted on its own) against the host path."""
+  import jax
+  from ul2flan import checkpoints, partitioning
+  from ul2flan.model import decoder as decoder_lib
+  cfg = importer.decoder_config(small_hf_dir, scan_layers=scan_layers)
+  reader = safetensors_io.WeightsReader(small_hf_dir)
+  partitioner = partitioning.Partitioner({"fsdp": 2, "model": 2})
+  sharded = importer.load_params_sharded(reader, cfg, partitioner, "float32")
+  assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))
+  on_host = importer.load_params_on_host(reader, cfg, "float32")
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(on_host)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  importer.save_params(str(tmp_path), sharded)
+  restored, _ = checkpoints.restore_params(str(tmp_path), decoder_lib.abstract_params(
+      cfg, partitioner))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(on_host)):
+    np.testing.assert_array_equal(np.asarray(a), b)
