@@ -17,8 +17,8 @@ setuptools.setup(
     version="0.1.0",
     description="UL2R continued training and Flan instruction finetuning on a t5x-style JAX trainer",
     python_requires=">=3.10",
-    # `tasks/` holds the seqio registrations; it installs as `ul2flan_tasks` so upstream t5x can
-    # load it with --gin.MIXTURE_OR_TASK_MODULE="'ul2flan_tasks'".
+    # `tasks/` holds the seqio registrations; it installs as `ul2flan_tasks`, which upstream t5x
+    # imports from its gin file (`import ul2flan_tasks`; see README.md).
     packages=setuptools.find_packages(include=["ul2flan", "ul2flan.*"]) + ["ul2flan_tasks"],
     package_dir={"ul2flan_tasks": "tasks"},
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},

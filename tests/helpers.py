@@ -46,3 +46,10 @@ def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
   trainer.train(model_dir)
   config.parse_gin([])
   return model_dir
+
+
+def read_params(step_dir) -> dict:
+  """The params saved in one checkpoint step dir, read with orbax directly (no ul2flan code)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.join(str(step_dir), "params"))

@@ -1,6 +1,7 @@
 """Corpus sources: every kind read from small files written here, and clear errors on bad input."""
 
 import json
+import math
 import os
 
 import pytest
@@ -12,7 +13,14 @@ from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import lengths as ul2_lengths
 from ul2flan.ul2 import preprocessors
+from ul2flan import vocabularies
 from ul2flan.demo import world
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+  return vocabularies.get_vocabulary()
+
 
 DOCS = ["Alice lives in Paris. Alice is a baker.", "Bruno owns a parrot.",
         "Clara moves the ball from the box to the jar. So now the ball is in the jar."]
@@ -194,12 +202,19 @@ def test_register_ul2_task_over_jsonl_files(tmp_path):
     ul2_tasks.register_ul2_task("test_jsonl_ul2r", "demo")
 
 
-def test_register_ul2_mixture_over_two_corpora(tmp_path):
-  write(tmp_path / "a.txt", "\n".join(world.corpus_documents("validation")[:200]) + "\n")
+def test_register_ul2_mixture_over_two_corpora_samples_at_their_rates(tmp_path, vocabulary):
+  """3:1 between the (ASCII) demo corpus and a file corpus of "§" words (byte-fallback tokens the
+  demo corpus never has): examples holding them must be 1/4 (within 4 binomial sigma)."""
+  write(tmp_path / "a.txt", "\n".join(" ".join(["§§"] * 40) for _ in range(300)) + "\n")
   mixture = ul2_tasks.register_ul2_mixture(
       "test_two_corpora", {"demo": ("demo", 3.0), "files": (f"text:{tmp_path}/a.txt", 1.0)},
       mixture="UL2R", inputs_length=128, targets_length=128, overwrite=True)
   assert sorted(t.name for t in mixture.tasks) == ["test_two_corpora_demo",
                                                    "test_two_corpora_files"]
+  marker = set(vocabulary.encode("x§§")) - set(vocabulary.encode("x"))  # the "§" byte pieces
   ds = mixture.get_dataset({"inputs": 128, "targets": 128}, split="train", shuffle=False, seed=0)
-  assert len(list(ds.take(20).as_numpy_iterator())) == 20
+  n = 600
+  from_files = sum(bool(marker & set(ex["inputs"].tolist() + ex["targets"].tolist()))
+                   for ex in ds.take(n).as_numpy_iterator())
+  sigma = math.sqrt(n * 0.25 * 0.75)
+  assert abs(from_files - n / 4) < 4 * sigma, from_files

@@ -4,10 +4,12 @@ The reference decoder here feeds one unpadded prompt at a time to the model with
 and takes the argmax of the last position, growing the sequence by one token per step.
 """
 
+import collections
 import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 
 import flax.linen as nn
@@ -305,18 +307,34 @@ def test_load_generator_errors(trained_model_dir, tmp_path):
     generator_lib.load_generator(trained_model_dir, other)
 
 
-def test_infer_cli(trained_model_dir, capsys):
-  code = cli.main(["infer", f"--checkpoint={trained_model_dir}", "--prompt=Alice lives in",
-                   "--prompt=Bob", f"--max_new_tokens={STEPS}", "--json"])
+def test_infer_cli_greedy_text_is_the_reference_continuation(trained_model_dir, capsys):
+  """`ul2flan infer` prints, per prompt, the greedy continuation that a full recompute of the
+  saved params gives (causal LM, as run.json says)."""
+  prompts = ["Alice lives in", "Bob"]
+  code = cli.main(["infer", f"--checkpoint={trained_model_dir}", *[f"--prompt={p}" for p in prompts],
+                   f"--max_new_tokens={STEPS}", "--json"])
   assert code == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [r["prompt"] for r in lines] == ["Alice lives in", "Bob"]
-  assert all(len(r["samples"]) == 1 for r in lines)
+  assert [r["prompt"] for r in lines] == prompts
+  saved, spm = _saved_params(trained_model_dir), vocab.get_vocabulary()
+  for record, prompt in zip(lines, prompts):
+    ids = reference_greedy(micro_config(), saved, reference_prompt(spm.encode(prompt), False),
+                           False, STEPS, eos_id=EOS)
+    assert record["samples"] == [spm.decode([t for t in ids if t != EOS])]
 
+
+def test_infer_cli_self_consistency_votes_over_its_chains(trained_model_dir, capsys):
   code = cli.main(["infer", f"--checkpoint={trained_model_dir}", "--prompt=What is 2 + 3?",
-                   "--self_consistency", "--num_samples=3", f"--max_new_tokens={STEPS}"])
-  out = capsys.readouterr().out
-  assert code == 0 and "answer:" in out and "3 chains" in out
+                   "--self_consistency", "--num_samples=5", f"--max_new_tokens={STEPS}", "--json"])
+  assert code == 0
+  (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(record["samples"]) == len(record["answers"]) == 5
+  # Each chain's answer is the text after the last "answer is" (or the whole chain, stripped).
+  for chain, answer in zip(record["samples"], record["answers"]):
+    tail = re.split(r"answer is", chain, flags=re.IGNORECASE)[-1]
+    assert answer.strip(" .") in tail
+  votes = collections.Counter(a for a in record["answers"] if a)
+  assert record["answer"] == (votes.most_common(1)[0][0] if votes else "")
 
 
 def test_infer_cli_rejects_bad_settings_before_loading(tmp_path, capsys):

@@ -171,14 +171,29 @@ def test_heldout_few_shot_and_cot_prompts():
     demo_tasks.heldout_eval_examples("train")
 
 
-def test_demo_mixture_feeds_the_prefix_lm_converter():
+def test_demo_mixture_packs_whole_examples_with_loss_on_targets_only():
+  """Every packed segment is one formatted training example: inputs EOS targets EOS, with the
+  loss exactly on the targets (and their EOS), token for token the formatter's texts encoded."""
+  vocabulary = vocab.get_vocabulary()
+  lengths = demo_tasks.DEMO_SEQUENCE_LENGTH
   ds = seqio.get_dataset(
-      "demo_flan", task_feature_lengths=demo_tasks.DEMO_SEQUENCE_LENGTH, dataset_split="train",
+      "demo_flan", task_feature_lengths=lengths, dataset_split="train",
       shuffle=True, seed=0, feature_converter=seqio.PrefixLMFeatureConverter(pack=True))
-  total = sum(demo_tasks.DEMO_SEQUENCE_LENGTH.values())
-  for ex in ds.take(4).as_numpy_iterator():
-    assert ex["decoder_target_tokens"].shape == (total,)
-    assert ex["decoder_loss_weights"].sum() > 0
+  known = {(tuple(vocabulary.encode(e.inputs)), tuple(vocabulary.encode(e.targets)))
+           for t in TRAIN_TASKS for e in sources.formatted_examples(t, "train")}
+  segments = 0
+  for row in ds.take(4).as_numpy_iterator():
+    assert row["decoder_target_tokens"].shape == (sum(lengths.values()),)
+    for seg in set(row["decoder_segment_ids"].tolist()) - {0}:
+      at = row["decoder_segment_ids"] == seg
+      tokens, weights = row["decoder_target_tokens"][at], row["decoder_loss_weights"][at]
+      split = int((weights == 0).sum())  # inputs first, then targets: one switch, no way back
+      assert (weights[:split] == 0).all() and (weights[split:] == 1).all()
+      inputs, targets = tokens[:split].tolist(), tokens[split:].tolist()
+      assert inputs[-1] == vocab.EOS_ID and targets[-1] == vocab.EOS_ID
+      assert (tuple(inputs[:-1]), tuple(targets[:-1])) in known
+      segments += 1
+  assert segments >= 4
 
 
 def test_formatted_task_shards_partition_the_split():

@@ -13,6 +13,7 @@ import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers the tasks)
 from ul2flan.demo import corpus as demo_corpus
+from ul2flan.demo import world
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import lengths as ul2_lengths
@@ -160,10 +161,20 @@ def test_inspect_stats_measures_each_denoiser():
   assert "all (packed together)" in text
 
 
-def test_inspect_works_on_a_plain_lm_task():
+def test_inspect_on_a_plain_lm_task_shows_the_corpus_documents(vocabulary):
+  """demo_lm unshuffled is the corpus in order: the printed texts, token counts and mean length
+  must be the generator's documents, tokenized here independently (+ EOS)."""
   rc, text = inspect("demo_lm", "--num_examples", "2", "--stats", "--stats_examples", "50")
   assert rc == 0
-  assert "denoiser: (none)" in text and "(none)" in text.splitlines()[-3]
+  docs = world.corpus_documents("train", num_documents=50)
+  lengths = [len(vocabulary.encode(d)) + 1 for d in docs]
+  lines = text.splitlines()
+  for i in range(2):
+    assert f"--- example {i}  denoiser: (none)  (targets {lengths[i]} tokens)" in lines
+    assert f"targets: {docs[i]}" in lines
+  (row,) = [l for l in lines if l.startswith("(none) ")]
+  mean, longest = row.split()[-2].split("/")
+  assert float(mean) == pytest.approx(np.mean(lengths), abs=0.05) and int(longest) == max(lengths)
 
 
 def test_inspect_rejects_unknown_task_and_module(capsys):

@@ -12,6 +12,7 @@ and evaluation read that file instead of re-parsing gin.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -68,8 +69,28 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   except (ValueError, KeyError, SyntaxError, NameError) as e:
     msg = str(e).splitlines()[0] if str(e) else repr(e)
     raise ValueError(f"bad gin configuration: {msg}\n  (check the spelling of --gin.NAME=VALUE "
-                     f"bindings and gin files; `ul2flan train --help_gin` lists the "
+                     f"bindings and gin files; `ul2flan train --help` lists the "
                      f"configurables)") from None
+
+
+def describe_configurables(prefix: str = "ul2flan.") -> str:
+  """One line per registered gin configurable of ul2flan: `Name(param, param=default, ...)`."""
+  lines = []
+  registry = gin.config._REGISTRY  # pylint: disable=protected-access  (gin has no public listing)
+  for selector in sorted(registry._selector_map):  # pylint: disable=protected-access
+    if not selector.startswith(prefix):
+      continue
+    configurable = registry[selector]
+    params = []
+    for p in inspect.signature(configurable.wrapped).parameters.values():
+      if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
+        continue
+      if p.default is inspect.Parameter.empty or p.default is gin.REQUIRED:
+        params.append(f"{p.name}=REQUIRED" if p.default is gin.REQUIRED else p.name)
+      else:
+        params.append(f"{p.name}={p.default!r}")
+    lines.append(f"  {configurable.name}({', '.join(params)})")
+  return "\n".join(lines)
 
 
 def query(name: str, default: Any = None) -> Any:

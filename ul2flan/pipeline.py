@@ -24,13 +24,15 @@ from ul2flan.training import trainer
 
 logger = logging.getLogger(__name__)
 
+STAGES = ("base", "ul2r", "flan_ul2r", "flan_base")
+
 
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   name: str
   gin_files: tuple[str, ...]
   bindings: tuple[str, ...]
-  init_from: str | None  # directory of the checkpoint to start from (params only)
+  init_from: str | None  # directory (or, in a plan, stage name) of the checkpoint to start from
 
 
 def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
@@ -39,9 +41,9 @@ def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
   stage_dir = os.path.join(model_dir, spec.name)
   done = os.path.join(stage_dir, "DONE")
   if os.path.exists(done):
-    logger.info(f"stage {spec.name}: already done, skipping")
+    logger.info("stage %s: already done, skipping", spec.name)
     return stage_dir
-  logger.info(f"stage {spec.name}: training in {stage_dir}")
+  logger.info("stage %s: training in %s", spec.name, stage_dir)
   bindings = [f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'"] if spec.init_from else []
   config_lib.parse_gin(list(model_gin) + list(spec.gin_files),
                        bindings + list(model_bindings) + list(spec.bindings))
@@ -63,8 +65,15 @@ def run_pipeline(model_dir: str, *,
                  flan_gin_files: Sequence[str] = ("gin_configs/runs/flan.gin",),
                  flan_bindings: Sequence[str] = (),
                  compare: bool = True,
-                 evaluate: bool = True) -> int:
-  """Runs every stage, evaluates the models and writes MODEL_DIR/report.md."""
+                 evaluate: bool = True,
+                 last_stage: str | None = None) -> int:
+  """Runs every stage, evaluates the models and writes MODEL_DIR/report.md.
+
+  `last_stage` ("base", "ul2r", "flan_ul2r" or "flan_base") stops after that stage, without
+  evaluation: e.g. "ul2r" makes only the U-model.
+  """
+  if last_stage is not None and last_stage not in STAGES:
+    raise ValueError(f"run_pipeline.last_stage must be one of {STAGES}, got {last_stage!r}")
   os.makedirs(model_dir, exist_ok=True)
   t0 = time.time()
   model_gin, base_gin_files, ul2r_gin_files, flan_gin_files = (
@@ -74,28 +83,31 @@ def run_pipeline(model_dir: str, *,
   eval_settings = evaluation_settings()  # read before stages clear the gin config
   stage = lambda spec: run_stage(spec, model_dir, model_gin, tuple(model_bindings))
 
+  dirs = {}
   if initial_checkpoint_path:
-    base_dir = initial_checkpoint_path
-    logger.info(f"stage base: using the given checkpoint {base_dir}")
+    dirs["base"] = initial_checkpoint_path
+    logger.info("stage base: using the given checkpoint %s", initial_checkpoint_path)
   else:
-    base_dir = stage(StageSpec("base", base_gin_files, base_bindings, None))
-  ul2r_dir = stage(StageSpec("ul2r", ul2r_gin_files, ul2r_bindings, base_dir))
-  flan_u_dir = stage(StageSpec(
-      "flan_ul2r", flan_gin_files, flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm'",),
-      ul2r_dir))
-  dirs = {"base": base_dir, "ul2r": ul2r_dir, "flan_ul2r": flan_u_dir}
-  if compare:
-    # Flan straight from the causal base keeps it causal, as Flan-PaLM was.
-    dirs["flan_base"] = stage(StageSpec(
-        "flan_base", flan_gin_files,
-        flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm_causal'",), base_dir))
-  logger.info(f"training stages finished after {time.time() - t0:.0f}s")
-  if not evaluate:
+    dirs["base"] = stage(StageSpec("base", base_gin_files, base_bindings, None))
+  plan = [
+      StageSpec("ul2r", ul2r_gin_files, ul2r_bindings, "base"),
+      StageSpec("flan_ul2r", flan_gin_files,
+                flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm'",), "ul2r"),
+  ]
+  if compare:  # Flan straight from the causal base keeps it causal, as Flan-PaLM was.
+    plan.append(StageSpec("flan_base", flan_gin_files,
+                          flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm_causal'",), "base"))
+  for spec in plan:
+    if last_stage in dirs:
+      break
+    dirs[spec.name] = stage(dataclasses.replace(spec, init_from=dirs[spec.init_from]))
+  logger.info("training stages finished after %.0fs", time.time() - t0)
+  if not evaluate or last_stage is not None:
     return 0
   results = {name: demo_evaluate.evaluate_model(name, dirs[name], model_dir, eval_settings)
              for name in report.LABELS if name in dirs}
   path = report.write_report(model_dir, dirs, results, eval_settings)
-  logger.info(f"report: {path} (total {time.time() - t0:.0f}s)")
+  logger.info("report: %s (total %.0fs)", path, time.time() - t0)
   print(open(path).read())
   return 0
 

@@ -16,7 +16,15 @@ from ul2flan.training import trainer
 logger = logging.getLogger(__name__)
 
 
+MACROS = ("TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE, "
+          "TASK_FEATURE_LENGTHS, FEATURE_CONVERTER, MESH_SHAPE, INITIAL_CHECKPOINT_PATH, "
+          "INITIAL_CHECKPOINT_MODE, LEARNING_RATE, DROPOUT_RATE, EVAL_PERIOD, SEED "
+          "(gin_configs/runs/base.gin)")
+
+
 def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.epilog = (f"--gin.NAME=VALUE binds a macro or a configurable's parameter.\n"
+                   f"Macros: {MACROS}.\nConfigurables:\n{config_lib.describe_configurables()}")
   parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
   parser.add_argument("--model_dir", required=True)
   distributed.add_arguments(parser)
