@@ -28,6 +28,16 @@ CONFIGS = {
     "llama_tied": dict(BASE, model_type="llama", tie_word_embeddings=True, attention_bias=True,
                        num_key_value_heads=1, rope_parameters=dict(
                            rope_type="linear", rope_theta=20000.0, factor=2.0)),
+    # Mistral: every layer slides over a window shorter than the test inputs.
+    "mistral": dict(BASE, model_type="mistral", tie_word_embeddings=False, sliding_window=64,
+                    rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    # Gemma 2: GeGLU, (1 + w) norms, post-norms, embedding scale, soft-caps small enough to bite,
+    # sliding / global layers alternating, query_pre_attn_scalar != head_dim.
+    "gemma2": dict(BASE, model_type="gemma2", tie_word_embeddings=True, sliding_window=64,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                   query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh",
+                   rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     "qwen2": dict(BASE, model_type="qwen2", tie_word_embeddings=False,
                   rope_parameters=dict(rope_type="default", rope_theta=100000.0)),
     "qwen3": dict(BASE, model_type="qwen3", tie_word_embeddings=True,

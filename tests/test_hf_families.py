@@ -101,30 +101,47 @@ def test_export_loads_in_transformers_and_reimports_bit_identically(imported, tm
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def prefix_lm_mask(prompt_length: int, total_length: int) -> torch.Tensor:
-  """docs/hf.md's 4-D mask: causal, plus bidirectional within the prompt. Additive float (0 where
-  visible), which both the sdpa and the eager attention of transformers accept."""
+def prefix_lm_mask(prompt_length: int, total_length: int, window: int | None = None
+                   ) -> torch.Tensor:
+  """docs/hf.md's 4-D mask: causal, plus bidirectional within the prompt; with a sliding
+  `window`, keys also less than `window` positions away (either side, as ul2flan's prefix LM).
+  Additive float (0 where visible): both the sdpa and the eager attention of transformers take it."""
   q = torch.arange(total_length)[:, None]
   k = torch.arange(total_length)[None, :]
   visible = (k <= q) | ((k < prompt_length) & (q < prompt_length))
+  if window is not None:
+    visible &= (q - k).abs() < window
   mask = torch.zeros(total_length, total_length)
   return mask.masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
 
 
+def prefix_lm_attention_mask(config, prompt_length: int, total_length: int):
+  """What to pass as `attention_mask`: one mask, or one per layer type (Gemma 2, Qwen) when
+  sliding and global layers mix."""
+  window = getattr(config, "sliding_window", None)
+  types = set(getattr(config, "layer_types", None) or [])
+  if window is None or types == {"full_attention"}:
+    return prefix_lm_mask(prompt_length, total_length)
+  if not types:  # Mistral: every layer slides
+    return prefix_lm_mask(prompt_length, total_length, window)
+  return {"full_attention": prefix_lm_mask(prompt_length, total_length),
+          "sliding_attention": prefix_lm_mask(prompt_length, total_length, window)}
+
+
 def hf_prefix_lm_greedy(model, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
   """docs/hf.md's loop: the prompt in one pass under the prefix mask, then cached causal steps."""
+  length = prompt.shape[1]
   with torch.no_grad():
-    out = model(prompt, attention_mask=prefix_lm_mask(prompt.shape[1], prompt.shape[1]),
+    out = model(prompt, attention_mask=prefix_lm_attention_mask(model.config, length, length),
                 use_cache=True)
     tokens = [int(out.logits[0, -1].argmax())]
     for _ in range(max_new_tokens - 1):
-      out = model(torch.tensor([[tokens[-1]]]), cache=out.cache,
-                  use_cache=True)
+      out = model(torch.tensor([[tokens[-1]]]), cache=out.cache, use_cache=True)
       tokens.append(int(out.logits[0, -1].argmax()))
   return tokens
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2"])
 def test_exported_model_runs_as_a_prefix_lm_in_transformers(imported, tmp_path, name):
   import transformers
   _, _, model_dir, cfg, params = imported(name)
@@ -135,7 +152,8 @@ def test_exported_model_runs_as_a_prefix_lm_in_transformers(imported, tmp_path, 
   prefix[:, :200] = 1
   ours = np.asarray(decoder_lib.Decoder(cfg).apply(
       {"params": params}, jnp.asarray(ids), decoder_causal_attention=jnp.asarray(prefix)))
-  theirs = hf_reference.hf_logits(model, ids, attention_mask=prefix_lm_mask(200, LENGTH))
+  theirs = hf_reference.hf_logits(
+      model, ids, attention_mask=prefix_lm_attention_mask(model.config, 200, LENGTH))
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
   causal = hf_reference.hf_logits(model, ids)
   # Run causally, the same weights read the prompt differently, and so predict differently.

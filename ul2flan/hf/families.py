@@ -138,20 +138,28 @@ def _sliding_layers(r: _Reader, fam: Family, num_layers: int) -> tuple[int | Non
   return int(window), pattern
 
 
+def _window_pattern(pattern: tuple[bool, ...], r: _Reader) -> int | None:
+  """DecoderConfig.sliding_window_pattern for a per-layer pattern (None: every layer slides)."""
+  if all(pattern):
+    return None
+  for n in range(2, len(pattern) + 2):
+    if pattern == tuple((i + 1) % n != 0 for i in range(len(pattern))):
+      return n
+  raise r.unsupported(f"sliding-window layers {[i for i, s in enumerate(pattern) if s]} (the "
+                      f"decoder slides every layer, or all but every Nth)")
+
+
 def _attention_fields(r: _Reader, fam: Family, head_dim: int, num_layers: int) -> dict[str, Any]:
   """Sliding windows, attention soft-capping and the query scale: the attention core's options."""
   window, pattern = _sliding_layers(r, fam, num_layers)
-  if window is not None:
-    raise r.unsupported(f"sliding-window attention (sliding_window={window}) in this version")
+  fields: dict[str, Any] = {"sliding_window": window,
+                            "sliding_window_pattern": _window_pattern(pattern, r) if window else None}
   if fam.gemma:
     cap = r.get("attn_logit_softcapping")
-    if cap is not None:
-      raise r.unsupported(f"attention logit soft-capping (attn_logit_softcapping={cap}) in this "
-                          f"version")
     scalar = r.get("query_pre_attn_scalar", 256)
-    if scalar != head_dim:
-      raise r.unsupported(f"query_pre_attn_scalar={scalar} != head_dim in this version")
-  return {}
+    fields.update(attn_logits_soft_cap=None if cap is None else float(cap),
+                  query_scale=None if scalar == head_dim else float(scalar))
+  return fields
 
 
 def decoder_fields(hf: Mapping[str, Any], where: str = "config.json") -> dict[str, Any]:
@@ -206,6 +214,8 @@ def family_of(cfg: DecoderConfig, preferred: str | None = None) -> Family:
     return FAMILIES["qwen3"]
   if cfg.attention_qkv_bias and not cfg.attention_out_bias:
     return FAMILIES["qwen2"]
+  if cfg.sliding_window is not None:
+    return FAMILIES["mistral"]
   return FAMILIES["llama"]
 
 
@@ -253,13 +263,30 @@ def hf_config(cfg: DecoderConfig, template: Mapping[str, Any] | None = None,
     out["attention_bias"] = cfg.attention_qkv_bias
   if fam.model_type == "llama":
     out["mlp_bias"] = False
-  if fam.gemma:
-    out.update(final_logit_softcapping=cfg.final_logit_soft_cap, attn_logit_softcapping=None,
-               query_pre_attn_scalar=cfg.head_dim, sliding_window=None,
-               layer_types=["full_attention"] * cfg.num_layers)
-  elif fam.sliding_window != "none":
-    out.update(sliding_window=None, use_sliding_window=False)
+  out.update(_attention_to_hf(cfg, fam))
   _check_round_trip(cfg, out, fam)
+  return out
+
+
+def _int_if_whole(x: float) -> float | int:
+  return int(x) if float(x).is_integer() else x  # transformers types this as an int
+
+
+def _attention_to_hf(cfg: DecoderConfig, fam: Family) -> dict[str, Any]:
+  slides = cfg.window_layers
+  types = ["sliding_attention" if w else "full_attention" for w in slides]
+  out: dict[str, Any] = {}
+  if fam.gemma:
+    out.update(final_logit_softcapping=cfg.final_logit_soft_cap,
+               attn_logit_softcapping=cfg.attn_logits_soft_cap,
+               query_pre_attn_scalar=_int_if_whole(cfg.query_scale or cfg.head_dim),
+               sliding_window=cfg.sliding_window or 4096, layer_types=types)
+  elif fam.sliding_window == "global":
+    out["sliding_window"] = cfg.sliding_window
+  elif fam.sliding_window == "layer_types":
+    out.update(sliding_window=cfg.sliding_window, use_sliding_window=any(slides),
+               layer_types=types,
+               max_window_layers=slides.index(True) if any(slides) else cfg.num_layers)
   return out
 
 
