@@ -24,6 +24,7 @@ setuptools.setup(
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},
     include_package_data=True,
     install_requires=_requirements(),
-    extras_require={"test": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0"]},
+    # transformers and torch are test-only: tests compare chat templates and ids with transformers.
+    extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

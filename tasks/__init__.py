@@ -5,7 +5,7 @@ task modules that use gin), before or after the vocabulary bindings — tasks re
 and lengths when they are used, not when they are registered:
 
     import ul2flan_tasks
-    get_vocabulary.kind = 'demo'          # or 'sentencepiece' with get_vocabulary.path
+    get_vocabulary.kind = 'demo'          # or 'sentencepiece' / 'hf' with get_vocabulary.path
 
 See README.md ("Using the tasks from upstream t5x").
 """

@@ -1,7 +1,10 @@
 """Vocabularies, and the one place that says which ids are sentinels.
 
-* `get_vocabulary()` (gin: `get_vocabulary.kind` / `.path` / `.extra_ids`) is the vocabulary a run
-  trains with: the embedded demo SentencePiece model, or any SentencePiece model by path.
+* `get_vocabulary()` (gin: `get_vocabulary.kind` / `.path` / `.extra_ids` / ...) is the vocabulary
+  a run trains with: the embedded demo SentencePiece model, any SentencePiece model by path, or a
+  Hugging Face `tokenizer.json` (`kind='hf'`, `ul2flan.hf.tokenizer`: its sentinels follow
+  `.sentinels` / `.num_sentinels` / `.embedding_size` / `.reserved_pattern`, see
+  `ul2flan.hf.token_layout`).
 * `ConfiguredVocabulary()` is what registered tasks hold: a `seqio.Vocabulary` that looks up
   `get_vocabulary()` each time it is used, so a task registered before gin is parsed (importing
   `ul2flan_tasks` from a gin file, as t5x does) still uses the vocabulary bound afterwards, and the
@@ -11,7 +14,9 @@
   `vocab_size - 1 - k`, over the vocabulary's extra ids, or over the last 100 ids of a vocabulary
   without extra ids (U-PaLM reused the last 100 ids of PaLM's vocabulary).
 
-T5 id conventions for SentencePiece: pad=0 (also the decoder's BOS), eos=1, unk=2.
+T5 id conventions for SentencePiece: pad=0 (also the decoder's BOS), eos=1, unk=2. A Hugging Face
+vocabulary keeps pad=0 (seqio pads and packs with 0) and the tokenizer's own EOS; see
+`ul2flan.hf.tokenizer`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from typing import Sequence
 
 import gin
 import seqio
+
+from ul2flan.hf import token_layout
+from ul2flan.hf import tokenizer as hf_tokenizer
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_SPM_PATH = os.path.join(ASSETS_DIR, "demo_spm.model")
@@ -49,31 +57,47 @@ def sentencepiece_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePie
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
-VOCABULARY_KINDS = ("demo", "sentencepiece")
+VOCABULARY_KINDS = ("demo", "sentencepiece", "hf")
 
 
 @dataclasses.dataclass(frozen=True)
 class VocabularySpec:
-  """Which vocabulary: what `run.json` records so a trained model can be used without gin."""
+  """Which vocabulary: what `run.json` records so a trained model can be used without gin.
+
+  `extra_ids` applies to the SentencePiece kinds; `sentinels`, `num_sentinels`, `embedding_size`
+  and `reserved_pattern` to `hf` (`ul2flan.hf.token_layout.SentinelPolicy`).
+  """
   kind: str = "demo"
   path: str | None = None
   extra_ids: int = DEFAULT_EXTRA_IDS
+  sentinels: str = "reserved"
+  num_sentinels: int = DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS
+  embedding_size: int | None = None
+  reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN
 
   def build(self) -> seqio.Vocabulary:
     if self.kind == "demo":
       return demo_vocabulary(self.extra_ids)
+    if self.kind in ("sentencepiece", "hf") and not self.path:
+      raise ValueError(f"get_vocabulary.kind = {self.kind!r} needs get_vocabulary.path")
     if self.kind == "sentencepiece":
-      if not self.path:
-        raise ValueError("get_vocabulary.kind = 'sentencepiece' needs get_vocabulary.path")
       return sentencepiece_vocabulary(self.path, self.extra_ids)
+    if self.kind == "hf":
+      return hf_tokenizer.hf_vocabulary(self.path, token_layout.SentinelPolicy(
+          self.sentinels, self.num_sentinels, self.embedding_size, self.reserved_pattern))
     raise ValueError(f"unknown vocabulary kind {self.kind!r}; use one of {VOCABULARY_KINDS}")
 
 
 @gin.configurable
 def get_vocabulary(kind: str = "demo", path: str | None = None,
-                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+                   extra_ids: int = DEFAULT_EXTRA_IDS, sentinels: str = "reserved",
+                   num_sentinels: int = DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS,
+                   embedding_size: int | None = None,
+                   reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN
+                   ) -> seqio.Vocabulary:
   """The vocabulary every registered task and the model use; chosen by gin."""
-  return VocabularySpec(kind, path, extra_ids).build()
+  return VocabularySpec(kind, path, extra_ids, sentinels, num_sentinels, embedding_size,
+                        reserved_pattern).build()
 
 
 def configured_spec() -> VocabularySpec:

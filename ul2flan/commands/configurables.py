@@ -10,6 +10,7 @@ from ul2flan import partitioning  # noqa: F401
 from ul2flan import pipeline  # noqa: F401
 from ul2flan import vocabularies  # noqa: F401
 from ul2flan.demo import corpus  # noqa: F401
+from ul2flan.flan import chat  # noqa: F401
 from ul2flan.flan import exports  # noqa: F401
 from ul2flan.flan import mixtures  # noqa: F401
 from ul2flan.flan import sources  # noqa: F401

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from ul2flan import registration
 from ul2flan import vocabularies
+from ul2flan.flan import chat
 from ul2flan.flan import files as files_lib
 from ul2flan.flan import formatting
 from ul2flan.flan import mixtures
@@ -103,12 +104,14 @@ class InMemorySource(seqio.DataSource):
 
 def add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary | None,
              metric_fns: Sequence[Callable[..., Any]] = (), replace: bool = False) -> seqio.Task:
-  """Registers a text-to-text task: tokenize both features, then append EOS after trimming."""
+  """Registers a text-to-text task: the chat template when switched on (`chat.ChatFormat`),
+  tokenize both features, then append EOS after trimming."""
   if name in seqio.TaskRegistry.names() and not replace:
     raise ValueError(f"task {name!r} is already registered; pass replace=True to rebuild it")
   return registration.add_task(
       name, replace=replace, source=source,
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      preprocessors=[chat.apply_chat_template, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
       output_features=output_features(vocabulary), metric_fns=list(metric_fns))
 
 

@@ -1,0 +1,258 @@
+"""A `seqio.Vocabulary` over a Hugging Face `tokenizer.json` (the `tokenizers` library, no network).
+
+Conventions (the model's ids are the tokenizer's with the swap described in `token_layout`):
+
+* `encode` adds no special token, as `tokenizers.encode(text, add_special_tokens=False)`; it
+  drops the BOS (the decoder's leading 0, whose row is the BOS row, plays its part) and the
+  tokens reserved as sentinels. Special tokens written in the text (a chat template's markers)
+  are recognised, as `tokenizers` recognises them.
+* `eos_id` is the tokenizer's EOS (`eos_token` of `tokenizer_config.json`); seqio appends it to
+  every feature (`Feature(add_eos=True)`).
+* `pad_id` is 0, as everywhere in seqio; 0 is also the first decoder input. Encode never
+  produces it. The tokenizer's own padding token plays no part.
+* `decode` is `tokenizers.decode(ids, skip_special_tokens=False)` after seqio's truncation at the
+  first EOS, without padding, EOS and ids that are no token (sentinels outside `last_k`).
+* Inside tf.data (`encode_tf` / `decode_tf`) the same Python calls run in `tf.numpy_function`;
+  a 0-D string gives a 1-D int32 tensor, a batch of strings a `tf.RaggedTensor`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+import tokenizers
+
+from ul2flan.hf import chat_template as chat_lib
+from ul2flan.hf import token_layout
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def tokenizer_file(path: str) -> str:
+  """`path/tokenizer.json` (or `path` itself when it names the file); a clear error if absent."""
+  candidate = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
+  if os.path.isfile(candidate):
+    return candidate
+  hint = ""
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.model")):
+    hint = (" It holds tokenizer.model: use get_vocabulary.kind='sentencepiece' with that file, "
+            "or save a fast tokenizer (transformers' `save_pretrained`) to get tokenizer.json.")
+  raise FileNotFoundError(
+      f"no Hugging Face tokenizer at {candidate}: point get_vocabulary.path at a directory "
+      f"holding {TOKENIZER_FILE} (a model saved with `save_pretrained`, or its tokenizer files), "
+      f"or at the file itself; ul2flan never downloads.{hint}")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} must hold a JSON object")
+  return value
+
+
+def _token_text(value: Any) -> str | None:
+  """A special token entry of tokenizer_config.json: a string or an AddedToken dict."""
+  if isinstance(value, Mapping):
+    value = value.get("content")
+  return value if isinstance(value, str) and value else None
+
+
+class TokenizerFiles:
+  """`tokenizer.json` and what `tokenizer_config.json` / `chat_template.jinja` beside it say."""
+
+  def __init__(self, path: str):
+    self.tokenizer_path = tokenizer_file(path)
+    directory = os.path.dirname(self.tokenizer_path)
+    self.config_path = os.path.join(directory, CONFIG_FILE)
+    self.config = _read_json(self.config_path) if os.path.isfile(self.config_path) else {}
+    try:
+      self.tokenizer = tokenizers.Tokenizer.from_file(self.tokenizer_path)
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+      raise ValueError(f"{self.tokenizer_path} is not a tokenizers file ({e})") from None
+    self.tokenizer.no_truncation()  # a saved truncation / padding setting must not cut text
+    self.tokenizer.no_padding()
+    self.special_tokens = {k: t for k in SPECIAL_TOKEN_KEYS
+                           if (t := _token_text(self.config.get(k))) is not None}
+    template_path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+    self.chat_template_source, self.chat_template_origin = None, None
+    if os.path.isfile(template_path):
+      with open(template_path, encoding="utf-8") as f:
+        self.chat_template_source, self.chat_template_origin = f.read(), template_path
+    elif self.config.get("chat_template") is not None:
+      self.chat_template_source = chat_lib.select_template(self.config["chat_template"],
+                                                           self.config_path)
+      self.chat_template_origin = self.config_path
+
+  def token_id(self, key: str) -> int | None:
+    """The id of special token `key` ('eos_token', ...); an error if the tokenizer lacks it."""
+    text = self.special_tokens.get(key)
+    if text is None:
+      return None
+    token = self.tokenizer.token_to_id(text)
+    if token is None:
+      raise ValueError(f"{self.config_path}: {key} {text!r} is not a token of "
+                       f"{self.tokenizer_path}; fix {key} or the tokenizer")
+    return token
+
+  def chat_template(self) -> chat_lib.ChatTemplate | None:
+    if self.chat_template_source is None:
+      return None
+    return chat_lib.ChatTemplate(self.chat_template_source, self.special_tokens,
+                                 self.chat_template_origin)
+
+  def ids(self) -> token_layout.TokenizerIds:
+    """The facts `token_layout.plan_layout` needs."""
+    eos = self.token_id("eos_token")
+    if eos is None:
+      where = (f"{self.config_path} has no eos_token" if self.config
+               else f"{self.config_path} is missing")
+      raise ValueError(f"cannot tell the EOS token of {self.tokenizer_path}: {where}. Add "
+                       f"{CONFIG_FILE} beside it with e.g. {{\"eos_token\": \"<|end_of_text|>\"}}.")
+    added = {i: t.content for i, t in self.tokenizer.get_added_tokens_decoder().items()}
+    roles = {i for i in (self.token_id(k) for k in SPECIAL_TOKEN_KEYS) if i is not None}
+    if self.chat_template_source:  # the markers a chat template writes have a job too
+      roles |= {i for i, text in added.items() if text in self.chat_template_source}
+    size = max([self.tokenizer.get_vocab_size(with_added_tokens=True), *(i + 1 for i in added)])
+    return token_layout.TokenizerIds(
+        origin=self.tokenizer_path, size=size, eos=eos, bos=self.token_id("bos_token"),
+        role_ids=frozenset(roles), added=added)
+
+
+class HfVocabulary(seqio.Vocabulary):
+  """seqio vocabulary over a `tokenizer.json` (see the module docstring for the conventions)."""
+
+  def __init__(self, path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy()):
+    super().__init__(extra_ids=0)
+    self.path = path
+    self.policy = policy
+    self.files = TokenizerFiles(path)
+    self.tokenizer = self.files.tokenizer
+    self.tokenizer_ids = self.files.ids()
+    self.layout = token_layout.plan_layout(self.tokenizer_ids, policy)
+    self.chat_template = self.files.chat_template()
+    self._to_model = self.layout.tokenizer_to_model()
+    self._to_tokenizer = self.layout.model_to_tokenizer()
+    self._eos_id = int(self._to_model[self.tokenizer_ids.eos])
+    unk = self.files.token_id("unk_token")
+    self._unk_id = None if unk is None or self._to_model[unk] < 0 else int(self._to_model[unk])
+
+  # ids ----------------------------------------------------------------------------------------
+
+  @property
+  def bos_id(self) -> int:
+    return 0  # the decoder's start; its row is the BOS row (or a copy of EOS)
+
+  @property
+  def eos_id(self) -> int:
+    return self._eos_id
+
+  @property
+  def unk_id(self) -> int | None:
+    return self._unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.layout.vocab_size
+
+  def sentinel_ids(self) -> tuple[int, ...]:
+    """Sentinel k at index k (read by `ul2flan.vocabularies.sentinel_ids`)."""
+    return self.layout.sentinel_ids
+
+  # Python -------------------------------------------------------------------------------------
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    """int32 model ids of each text (no special token added; BOS and sentinels dropped)."""
+    encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    out = []
+    for encoding in encodings:
+      ids = self._to_model[np.asarray(encoding.ids, np.int64)]
+      out.append(ids[ids != token_layout.DROPPED])
+    return out
+
+  def _encode(self, s: str) -> list[int]:
+    return self.encode_batch([s])[0].tolist()
+
+  def _tokenizer_ids(self, ids: Iterable[int]) -> list[int]:
+    ids = np.asarray(list(ids), np.int64).reshape(-1)
+    ids = ids[(ids > 0) & (ids < self.layout.vocab_size) & (ids != self._eos_id)]
+    hf = self._to_tokenizer[ids]
+    return hf[hf != token_layout.DROPPED].tolist()
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return self.tokenizer.decode(self._tokenizer_ids(ids), skip_special_tokens=False)
+
+  # tf.data ------------------------------------------------------------------------------------
+
+  def _encode_one(self, text: bytes) -> np.ndarray:
+    return self.encode_batch([text.decode("utf-8")])[0].astype(np.int32)
+
+  def _encode_strings(self, strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    encoded = self.encode_batch([s.decode("utf-8") for s in strings])
+    lengths = np.array([len(e) for e in encoded], np.int64)
+    flat = np.concatenate(encoded) if encoded else np.zeros([0], np.int32)
+    return flat.astype(np.int32), lengths
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
+    s = tf.convert_to_tensor(s, tf.string)
+    if s.shape.rank is None:
+      raise ValueError("HfVocabulary.encode_tf needs a string tensor of known rank")
+    if s.shape.rank == 0:  # what seqio's tokenize passes: one document
+      ids = tf.numpy_function(self._encode_one, [s], tf.int32, stateful=False)
+      ids.set_shape([None])
+      return ids
+    flat, lengths = tf.numpy_function(self._encode_strings, [tf.reshape(s, [-1])],
+                                      (tf.int32, tf.int64), stateful=False)
+    flat.set_shape([None])
+    ragged = tf.RaggedTensor.from_row_lengths(flat, tf.ensure_shape(lengths, [None]))
+    outer = tf.shape(s, out_type=tf.int64)
+    for axis in range(s.shape.rank - 1, 0, -1):  # restore the outer dimensions, innermost first
+      ragged = tf.RaggedTensor.from_uniform_row_length(ragged, outer[axis])
+    return ragged
+
+  def _decode_rows(self, ids: np.ndarray) -> np.ndarray:
+    rows = ids.reshape(int(np.prod(ids.shape[:-1])), ids.shape[-1])
+    texts = [self._decode(row).encode("utf-8") for row in rows]
+    return np.array(texts, dtype=object).reshape(ids.shape[:-1])
+
+  def _decode_tf(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor:
+    if isinstance(ids, tf.RaggedTensor):
+      ids = ids.to_tensor()  # padding with 0, which decode drops
+    ids = tf.convert_to_tensor(ids)
+    if ids.shape.rank is None or ids.shape.rank < 1:
+      raise ValueError("HfVocabulary.decode_tf needs ids of rank >= 1")
+    text = tf.numpy_function(self._decode_rows, [ids], tf.string, stateful=False)
+    text.set_shape(ids.shape[:-1])
+    return text
+
+  # identity -----------------------------------------------------------------------------------
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, HfVocabulary) and self.files.tokenizer_path ==
+            other.files.tokenizer_path and self.policy == other.policy)
+
+  def __hash__(self) -> int:
+    return hash((self.files.tokenizer_path, self.policy))
+
+  def __repr__(self) -> str:
+    return (f"HfVocabulary({self.files.tokenizer_path!r}, {self.policy.kind}, "
+            f"{self.layout.vocab_size} ids)")
+
+
+@functools.lru_cache(maxsize=None)
+def hf_vocabulary(path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy()
+                  ) -> HfVocabulary:
+  """The vocabulary of the tokenizer at `path` (a directory or its tokenizer.json), cached."""
+  return HfVocabulary(path, policy)
