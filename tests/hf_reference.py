@@ -15,7 +15,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # Each family's features switched on; sliding windows shorter than the 320-token test inputs.
-BASE = dict(vocab_size=300, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+# 400 embedding rows over a 300-token tokenizer (Qwen-style unused rows) unless a test says.
+BASE = dict(vocab_size=400, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
             bos_token_id=None, eos_token_id=None, pad_token_id=None,
             max_position_embeddings=1024)
@@ -71,6 +72,16 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
         p.copy_(noise / np.sqrt(p.shape[-1]))
 
 
+def swap_ids(tokenizer, size: int) -> np.ndarray:
+  """ul2flan's model id of each tokenizer id 0..size-1 (token_layout: BOS and id 0 trade places;
+  ids past the tokenizer stay): how the tests line ul2flan's logits up with transformers'."""
+  perm = np.arange(size)
+  bos = tokenizer.bos_token_id
+  if bos is not None and bos != tokenizer.eos_token_id:
+    perm[[0, bos]] = perm[[bos, 0]]
+  return perm
+
+
 def build_model(name: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(hf_config(name, **overrides),
@@ -79,7 +90,7 @@ def build_model(name: str, seed: int = 0, **overrides) -> transformers.PreTraine
   return model.eval()
 
 
-def train_tokenizer(vocab_size: int = 200) -> transformers.PreTrainedTokenizerFast:
+def train_tokenizer(vocab_size: int = 300) -> transformers.PreTrainedTokenizerFast:
   """A small byte-level BPE with <s> / </s> / <pad>, trained on a few generated sentences."""
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -63,19 +63,31 @@ def test_sharded_import_and_sharded_export_round_trip(tmp_path):
   out = importer.import_hf(hf_dir, str(tmp_path / "imported"), dtype="bfloat16")
   info = config_lib.read_run_info(out)
   assert info.decoder_config.dtype == "bfloat16"
-  assert info.vocabulary == {"kind": "hf", "path": os.path.join(out, "tokenizer")}
+  # 300 tokens in 400 embedding rows: the sentinels take the unused rows, the model keeps 400.
+  assert info.vocabulary["kind"] == "hf" and info.vocabulary["sentinels"] == "unused_rows"
+  assert info.vocabulary["path"] == os.path.join(out, "tokenizer")
+  assert info.decoder_config.vocab_size == 400
   assert os.path.exists(os.path.join(out, "tokenizer", "tokenizer.json"))
   assert "DecoderConfig.rope_scaling = 'llama3'" in open(os.path.join(out, "model.gin")).read()
   exported = exporter.export_hf(out, str(tmp_path / "exported"), dtype="bfloat16",
-                                max_shard_bytes=60_000, sentinel_ids=())
+                                max_shard_bytes=60_000)
   files = os.listdir(exported)
   assert safetensors_io.INDEX_FILE in files and {"config.json", "generation_config.json",
                                                  "tokenizer.json"} <= set(files)
-  # bf16 round trip: the export holds exactly the bf16-rounded source weights.
+  # bf16 round trip: the export holds exactly the bf16-rounded source weights, except the
+  # never-trained rows past the tokenizer, which import set to the mean of the trained rows.
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
   source = {k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()}
   for name, value in reloaded.state_dict().items():
-    np.testing.assert_array_equal(value.numpy(), source[name].numpy(), err_msg=name)
+    rows = slice(0, 300) if name in ("model.embed_tokens.weight", "lm_head.weight") else slice(None)
+    np.testing.assert_array_equal(value.numpy()[rows], source[name].numpy()[rows], err_msg=name)
+  mean = source["model.embed_tokens.weight"][:300].double().mean(0)
+  np.testing.assert_allclose(reloaded.state_dict()["model.embed_tokens.weight"][350].numpy(),
+                             mean.numpy(), atol=1e-2)
+  # The sentinels are tokens of the exported tokenizer, at the ids the model trained them.
+  tok = transformers.AutoTokenizer.from_pretrained(exported)
+  assert tok.convert_tokens_to_ids("<extra_id_0>") == 300
+  assert tok("a <extra_id_3> b")["input_ids"].count(303) == 1
 
 
 # ---- the output dir -----------------------------------------------------------------------------
@@ -161,6 +173,19 @@ def test_missing_shard_missing_tokenizer_and_unknown_tensor(tmp_path):
   assert_nothing_written(out)
 
 
+@pytest.mark.parametrize("sentinels, message", [
+    ("reserved", r"tokenizer.json: 100 free ids are needed .* 0 tokens match reserved_pattern"),
+    ("unused_rows", r"tokenizer.json: 100 free ids are needed .* embedding_size 310 leaves 10"),
+])
+def test_too_few_free_ids_for_the_sentinels(tmp_path, sentinels, message):
+  hf_dir = hf_reference.save_model(hf_reference.build_model("qwen2", vocab_size=310),
+                                   str(tmp_path / "hf"))
+  out = str(tmp_path / "out")
+  with pytest.raises(ValueError, match=message):
+    importer.import_hf(hf_dir, out, sentinels=sentinels)
+  assert_nothing_written(out)
+
+
 def test_a_feature_the_decoder_lacks_is_named(small_hf_dir, tmp_path):
   hf_dir = copy_hf(small_hf_dir, tmp_path / "hf")
   edit_config(hf_dir, model_type="llama", mlp_bias=True)
@@ -194,12 +219,15 @@ def test_sharded_loading_equals_host_loading(small_hf_dir, tmp_path, scan_layers
   import jax
   from ul2flan import checkpoints, partitioning
   from ul2flan.model import decoder as decoder_lib
-  cfg = importer.decoder_config(small_hf_dir, scan_layers=scan_layers)
-  reader = safetensors_io.WeightsReader(small_hf_dir)
+  from ul2flan.hf import import_vocabulary
+  vocab = import_vocabulary.plan(small_hf_dir, 400)
+  cfg = importer.decoder_config(small_hf_dir, scan_layers=scan_layers,
+                                vocab_size=vocab.layout.vocab_size)
+  source = importer.Source(safetensors_io.WeightsReader(small_hf_dir), 400, vocab.layout, True)
   partitioner = partitioning.Partitioner({"fsdp": 2, "model": 2})
-  sharded = importer.load_params_sharded(reader, cfg, partitioner, "float32")
+  sharded = importer.load_params_sharded(source, cfg, partitioner, "float32")
   assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))
-  on_host = importer.load_params_on_host(reader, cfg, "float32")
+  on_host = importer.load_params_on_host(source, cfg, "float32")
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(on_host)):
     np.testing.assert_array_equal(np.asarray(a), b)
   importer.save_params(str(tmp_path), sharded)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,8 +21,8 @@ import numpy as np
 from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
-from ul2flan import vocabularies
-from ul2flan.hf import families, output_dir, safetensors_io, tokenizer_files, weights
+from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io, token_layout
+from ul2flan.hf import tokenizer_files, weights
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
 
@@ -61,9 +61,11 @@ def generation_config(hf_config: dict[str, Any], template: dict[str, Any] | None
   return out
 
 
-def hf_tensors(params, cfg: DecoderConfig, dtype: np.dtype
+def hf_tensors(params, cfg: DecoderConfig, dtype: np.dtype,
+               layout: token_layout.TokenLayout | None = None
                ) -> list[safetensors_io.TensorToWrite]:
-  """The HF tensors of `params`, each converted only when its file is written."""
+  """The HF tensors of `params`, each converted only when its file is written; the vocabulary
+  tensors' rows go back to the tokenizer's id order (`token_layout.tokenizer_embedding`)."""
   flat = {tuple(p.key for p in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   out = []
@@ -74,20 +76,23 @@ def hf_tensors(params, cfg: DecoderConfig, dtype: np.dtype
     for position, layer in enumerate(layers):
       def produce(leaf=leaf, tmap=tmap, position=position):
         array = np.asarray(leaf[position] if cfg.scan_layers and tmap.per_layer else leaf)
-        return tmap.to_hf(array).astype(dtype)
+        array = tmap.to_hf(array)
+        if layout is not None and tmap.hf in weights.VOCAB_TENSORS:
+          array = token_layout.tokenizer_embedding(array, layout)
+        return array.astype(dtype)
       out.append(safetensors_io.TensorToWrite(tmap.hf_name(layer), tmap.hf_shape(shape), dtype,
                                               produce))
   return out
 
 
 def export_hf(checkpoint: str, out_dir: str, *, dtype: str = "float32",
-              max_shard_bytes: int = safetensors_io.DEFAULT_MAX_SHARD_BYTES,
-              sentinel_ids: Sequence[int] | None = None) -> str:
+              max_shard_bytes: int = safetensors_io.DEFAULT_MAX_SHARD_BYTES) -> str:
   """Exports a checkpoint (model dir, checkpoints dir or step dir) to `out_dir`; returns it.
 
   Exporting the same checkpoint step to the same dir again reuses it; an `out_dir` holding
-  anything else is refused. `sentinel_ids` default to the model vocabulary's
-  (`vocabularies.sentinel_ids`).
+  anything else is refused. The export also keeps the tokenizer ul2flan trained with (in
+  `ul2flan_tokenizer/`) and its vocabulary settings (in `ul2flan.json`), so `import-hf` of the
+  export rebuilds the same ids and gives back the same parameters, bit for bit.
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -99,10 +104,14 @@ def export_hf(checkpoint: str, out_dir: str, *, dtype: str = "float32",
   tokenizer_dir = tokenizer_dir_of(info, model_dir)
   template = _read_json(os.path.join(tokenizer_dir, "config.json"))
   hf_config = families.hf_config(cfg, template, dtype)
-  if sentinel_ids is None:
-    sentinel_ids = vocabularies.sentinel_ids(info.build_vocabulary())
+  vocabulary = info.build_vocabulary()
+  layout = vocabulary.layout
+  if layout.vocab_size != cfg.vocab_size:
+    raise ValueError(f"{model_dir}: the vocabulary has {layout.vocab_size} ids but the model "
+                     f"{cfg.vocab_size} embedding rows; run.json does not describe this model")
   step_dir = os.path.join(ckpt_dir, str(step))
-  marker = {"kind": "export-hf", "source": step_dir,
+  settings = {k: v for k, v in info.vocabulary.items() if k not in ("kind", "path", "extra_ids")}
+  marker = {"kind": "export-hf", "source": step_dir, "vocabulary": settings,
             "fingerprint": {"source": step_dir, "step": step, "dtype": dtype}}
   if output_dir.already_written(out_dir, marker["fingerprint"]):
     return out_dir
@@ -111,15 +120,31 @@ def export_hf(checkpoint: str, out_dir: str, *, dtype: str = "float32",
   params, _ = checkpoints.restore_params(step_dir, decoder_lib.abstract_params(cfg, partitioner))
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
   with output_dir.staging(out_dir, marker) as tmp:
-    files = safetensors_io.write_weights(tmp, hf_tensors(params, cfg, np_dtype), max_shard_bytes)
+    files = safetensors_io.write_weights(tmp, hf_tensors(params, cfg, np_dtype, layout),
+                                         max_shard_bytes)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
     with open(os.path.join(tmp, GENERATION_CONFIG), "w") as f:
       json.dump(generation_config(
           hf_config, _read_json(os.path.join(tokenizer_dir, GENERATION_CONFIG))), f, indent=2)
     tokenizer_files.copy_files(tokenizer_dir, tmp, tokenizer_files.TOKENIZER_FILES)
+    tokenizer_files.copy_files(tokenizer_dir,
+                               os.path.join(tmp, import_vocabulary.EXPORT_TOKENIZER_DIR),
+                               tokenizer_files.TOKENIZER_FILES)
     # Recorded in the marker, which staging writes when this block ends.
-    marker["sentinels"] = tokenizer_files.add_sentinels(tmp, sentinel_ids)
+    marker["sentinels"] = tokenizer_files.add_sentinels(tmp, layout.sentinel_ids,
+                                                        _start_token(layout))
   logger.info("exported %s (step %d) as a %s model to %s (%s)", model_dir, step,
               hf_config["model_type"], out_dir, ", ".join(files))
   return out_dir
+
+
+START_TOKEN = "<|ul2flan_start|>"
+
+
+def _start_token(layout: token_layout.TokenLayout) -> dict[int, str]:
+  """Without a BOS, ul2flan starts every sequence with a row of its own (a copy of EOS at first),
+  which the export puts at the free id F: give it a name a prompt can use."""
+  if layout.swap and layout.start_copies is not None:
+    return {layout.swap[1]: START_TOKEN}
+  return {}

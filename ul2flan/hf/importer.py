@@ -27,7 +27,9 @@ import orbax.checkpoint as ocp
 from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
-from ul2flan.hf import families, output_dir, safetensors_io, tokenizer_files, weights
+from ul2flan import vocabularies
+from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io, token_layout
+from ul2flan.hf import tokenizer_files, weights
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
 
@@ -60,23 +62,51 @@ def is_hf_model_dir(path: str) -> bool:
            os.path.exists(os.path.join(path, safetensors_io.INDEX_FILE))))
 
 
-def decoder_config(hf_dir: str, dtype: str = "float32", scan_layers: bool = False
-                   ) -> DecoderConfig:
+def decoder_config(hf_dir: str, dtype: str = "float32", scan_layers: bool = False,
+                   vocab_size: int | None = None) -> DecoderConfig:
+  """The DecoderConfig of `hf_dir`'s config.json; `vocab_size` (the layout's rows) overrides its
+  vocab_size."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   fields = families.decoder_fields(read_hf_config(hf_dir), os.path.join(hf_dir, CONFIG_FILE))
+  if vocab_size is not None:
+    fields["vocab_size"] = vocab_size
   return DecoderConfig(**fields, dtype=dtype, scan_layers=scan_layers)
 
 
-def check_weights(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
-                  abstract: Mapping[tuple, Any]) -> None:
+class Source:
+  """The HF tensors, the vocabulary ones (embedding, lm_head) with their rows in the model's id
+  order (`token_layout.model_embedding`: BOS and id 0 swapped, sentinel rows added)."""
+
+  def __init__(self, reader: safetensors_io.WeightsReader, hf_rows: int,
+               layout: token_layout.TokenLayout | None = None, reinit: bool = False):
+    self.reader, self.hf_rows, self.layout, self.reinit = reader, hf_rows, layout, reinit
+
+  def read(self, name: str) -> np.ndarray:
+    array = self.reader.read(name)
+    if self.layout is not None and name in weights.VOCAB_TENSORS:
+      array = token_layout.model_embedding(array, self.layout, reinit=self.reinit)
+    return array
+
+  def read_into(self, tmap: weights.TensorMap, name: str, dest: np.ndarray) -> None:
+    if (tmap.kind == "copy" and self.reader.tensors[name].dtype == dest.dtype
+        and not (self.layout is not None and name in weights.VOCAB_TENSORS)):
+      self.reader.read(name, out=dest)  # no transform: straight into place
+    else:
+      tmap.fill(dest, self.read(name))
+
+
+def check_weights(source: Source, cfg: DecoderConfig, abstract: Mapping[tuple, Any]) -> None:
   """Every tensor present with the shape config.json implies, and nothing unknown left over."""
+  reader = source.reader
   problems, used = [], set()
   for path, tmap in weights.leaves(cfg):
     our_shape = abstract[path].shape
     if cfg.scan_layers and tmap.per_layer:
       our_shape = our_shape[1:]
     want = tmap.hf_shape(our_shape)
+    if tmap.hf in weights.VOCAB_TENSORS:
+      want = (source.hf_rows,) + want[1:]
     for layer in weights.layers_of(path, tmap, cfg):
       name = tmap.hf_name(layer)
       used.add(name)
@@ -93,7 +123,7 @@ def check_weights(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
                      f"({len(problems)} problems):\n" + "\n".join(problems[:30]))
 
 
-def _leaf_loader(reader, path, tmap, cfg, shape, dtype):
+def _leaf_loader(source: Source, path, tmap, cfg, shape, dtype):
   """The make_array_from_callback callback of one leaf: reads the HF tensor(s) behind an index."""
   last: dict = {}
 
@@ -104,10 +134,10 @@ def _leaf_loader(reader, path, tmap, cfg, shape, dtype):
     layers = weights.layers_of(path, tmap, cfg)
     if cfg.scan_layers and tmap.per_layer:
       layers, rest = layers[index[0]], index[1:]
-      parts = [tmap.to_ours(reader.read(tmap.hf_name(i)), shape[1:])[rest] for i in layers]
+      parts = [tmap.to_ours(source.read(tmap.hf_name(i)), shape[1:])[rest] for i in layers]
       out = np.stack([p.astype(dtype, copy=False) for p in parts])
     else:
-      out = tmap.to_ours(reader.read(tmap.hf_name(layers[0])), shape)[index]
+      out = tmap.to_ours(source.read(tmap.hf_name(layers[0])), shape)[index]
       out = np.ascontiguousarray(out.astype(dtype, copy=False))
     last.clear()
     last[key] = out
@@ -121,40 +151,35 @@ def _largest_first(cfg: DecoderConfig, abstract: Mapping[tuple, Any]):
   return sorted(weights.leaves(cfg), key=lambda pt: -int(np.prod(abstract[pt[0]].shape)))
 
 
-def load_params_on_host(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
-                        dtype: str) -> dict:
+def load_params_on_host(source: Source, cfg: DecoderConfig, dtype: str) -> dict:
   """One process: the params as NumPy arrays, each HF tensor read and converted straight into
   its place (no intermediate copies; a same-dtype copy-kind tensor is read in place)."""
   abstract = _flat(decoder_lib.abstract_params(cfg, partitioning.Partitioner(
       {"data": 1}, devices=jax.local_devices()[:1])))
-  check_weights(reader, cfg, abstract)
+  check_weights(source, cfg, abstract)
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
   flat = {}
   for path, tmap in _largest_first(cfg, abstract):
     leaf = np.empty(abstract[path].shape, np_dtype)
     for position, layer in enumerate(weights.layers_of(path, tmap, cfg)):
       dest = leaf[position] if cfg.scan_layers and tmap.per_layer else leaf
-      name = tmap.hf_name(layer)
-      if tmap.kind == "copy" and reader.tensors[name].dtype == np_dtype:
-        reader.read(name, out=dest)
-      else:
-        tmap.fill(dest, reader.read(name))
+      source.read_into(tmap, tmap.hf_name(layer), dest)
     flat[path] = leaf
   return _unflatten(flat)
 
 
-def load_params_sharded(reader: safetensors_io.WeightsReader, cfg: DecoderConfig,
+def load_params_sharded(source: Source, cfg: DecoderConfig,
                         partitioner: partitioning.Partitioner, dtype: str) -> dict:
   """Several processes: sharded jax arrays; each process converts only its devices' slices."""
   abstract = _flat(decoder_lib.abstract_params(cfg, partitioner))
-  check_weights(reader, cfg, abstract)
+  check_weights(source, cfg, abstract)
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
   flat = {}
   for path, tmap in _largest_first(cfg, abstract):
     target = abstract[path]
     flat[path] = jax.make_array_from_callback(
         target.shape, target.sharding,
-        _leaf_loader(reader, path, tmap, cfg, target.shape, np_dtype), dtype=np_dtype)
+        _leaf_loader(source, path, tmap, cfg, target.shape, np_dtype), dtype=np_dtype)
   return _unflatten(flat)
 
 
@@ -216,39 +241,49 @@ def fingerprint(hf_dir: str, reader: safetensors_io.WeightsReader, dtype: str,
 
 
 def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers: bool = False,
+              sentinels: str = import_vocabulary.AUTO, num_sentinels: int = 100,
+              reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN,
               mesh_shape: Mapping[str, int] | None = None) -> str:
   """Converts a Hugging Face model dir into a ul2flan model dir; returns `out_dir`.
 
-  A re-run with the same source and settings reuses `out_dir`; an `out_dir` that holds anything
-  else is refused. With several processes, `mesh_shape` (default: FSDP over every device) is how
-  the params are sharded while they are built and written.
+  `sentinels` / `num_sentinels` / `reserved_pattern`: the vocabulary's sentinel policy
+  (`import_vocabulary`; "auto" takes the first that fits). A re-run with the same source and
+  settings reuses `out_dir`; an `out_dir` that holds anything else is refused. With several
+  processes, `mesh_shape` (default: FSDP over every device) is how the params are sharded while
+  they are built and written.
   """
   hf_dir, out_dir = os.path.abspath(hf_dir), os.path.abspath(out_dir)
-  cfg = decoder_config(hf_dir, dtype, scan_layers)
-  tokenizer_files.check_tokenizer(hf_dir)
+  hf_rows = decoder_config(hf_dir).vocab_size  # validates config.json first
+  vocab = import_vocabulary.plan(hf_dir, hf_rows, sentinels, num_sentinels, reserved_pattern)
+  cfg = decoder_config(hf_dir, dtype, scan_layers, vocab.layout.vocab_size)
   reader = safetensors_io.WeightsReader(hf_dir)
+  source = Source(reader, hf_rows, vocab.layout, vocab.reinit)
   marker = {"kind": "import-hf", "source": hf_dir,
-            "fingerprint": fingerprint(hf_dir, reader, dtype, scan_layers)}
+            "fingerprint": dict(fingerprint(hf_dir, reader, dtype, scan_layers),
+                                vocabulary=vocab.settings)}
   if output_dir.already_written(out_dir, marker["fingerprint"]):
     return out_dir
   if jax.process_count() == 1:
-    params = load_params_on_host(reader, cfg, dtype)
+    params = load_params_on_host(source, cfg, dtype)
   else:
     partitioner = partitioning.Partitioner(mesh_shape or {"fsdp": -1})
-    params = load_params_sharded(reader, cfg, partitioner, dtype)
-  vocabulary = {"kind": "hf", "path": os.path.join(out_dir, TOKENIZER_DIR)}
+    params = load_params_sharded(source, cfg, partitioner, dtype)
+  vocabulary = dataclasses.asdict(vocabularies.VocabularySpec(
+      kind="hf", path=os.path.join(out_dir, TOKENIZER_DIR), **vocab.settings))
   with output_dir.staging(out_dir, marker) as tmp:
     save_params(tmp, params)
     del params
     if jax.process_index() == 0:
-      tokenizer_files.copy_files(hf_dir, os.path.join(tmp, TOKENIZER_DIR),
-                                 tokenizer_files.TOKENIZER_FILES
-                                 + tokenizer_files.MODEL_CONFIG_FILES)
+      tokenizer_dir = os.path.join(tmp, TOKENIZER_DIR)
+      tokenizer_files.copy_files(vocab.tokenizer_dir, tokenizer_dir,
+                                 tokenizer_files.TOKENIZER_FILES)
+      tokenizer_files.copy_files(hf_dir, tokenizer_dir, tokenizer_files.MODEL_CONFIG_FILES)
       config_lib.write_run_info(tmp, config_lib.RunInfo(
           model=dataclasses.asdict(cfg), feature_converter="lm", task_feature_lengths={},
           vocabulary=vocabulary))
       with open(os.path.join(tmp, MODEL_GIN), "w") as f:
         f.write(model_gin(cfg, vocabulary, hf_dir))
-  logger.info("imported %s (%s, %d layers) into %s", hf_dir,
-              read_hf_config(hf_dir)["model_type"], cfg.num_layers, out_dir)
+  logger.info("imported %s (%s, %d layers, sentinels: %s) into %s", hf_dir,
+              read_hf_config(hf_dir)["model_type"], cfg.num_layers, vocab.settings["sentinels"],
+              out_dir)
   return out_dir

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Sequence
+from typing import Mapping, Sequence
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -40,23 +40,30 @@ def sentinel_token(k: int) -> str:
   return f"<extra_id_{k}>"
 
 
-def add_sentinels(tokenizer_dir: str, sentinel_ids: Sequence[int]) -> dict[str, str]:
+def add_sentinels(tokenizer_dir: str, sentinel_ids: Sequence[int],
+                  other_names: Mapping[int, str] | None = None) -> dict[str, str]:
   """Gives every sentinel id a token. Ids the tokenizer already has (e.g. reserved special
-  tokens) keep theirs; ids past its end get `<extra_id_k>` (and any id between the tokenizer's
-  end and a sentinel an `<unused_j>` filler: the tokenizers library assigns added tokens
-  consecutive ids). Returns {"<extra_id_k>": the token at sentinel k's id}."""
+  tokens) keep theirs; ids past its end get `<extra_id_k>` (ids in `other_names` that name, and
+  any other id between the tokenizer's end and a sentinel an `<unused_j>` filler: the tokenizers
+  library assigns added tokens consecutive ids). Returns {"<extra_id_k>": the token at sentinel
+  k's id}."""
+  other_names = dict(other_names or {})
   path = os.path.join(tokenizer_dir, TOKENIZER_JSON)
   with open(path) as f:
     spec = json.load(f)
-  known = {int(i): t for t, i in spec["model"].get("vocab", {}).items()} if isinstance(
-      spec["model"].get("vocab"), dict) else {}
+  vocab = spec["model"].get("vocab") or {}
+  if isinstance(vocab, dict):  # BPE / WordPiece / WordLevel: token -> id
+    known = {int(i): t for t, i in vocab.items()}
+  else:  # Unigram: [[piece, score], ...] in id order
+    known = {i: entry[0] for i, entry in enumerate(vocab)}
   known.update({int(t["id"]): t["content"] for t in spec.get("added_tokens", [])})
   size = max(known) + 1 if known else 0
   names, added = {}, []
   by_id = {int(i): k for k, i in enumerate(sentinel_ids)}
-  for token_id in range(size, max(list(by_id) + [size - 1]) + 1):
+  for token_id in range(size, max(list(by_id) + list(other_names) + [size - 1]) + 1):
     k = by_id.get(token_id)
-    content = sentinel_token(k) if k is not None else f"<unused_{token_id - size}>"
+    content = (sentinel_token(k) if k is not None else
+               other_names.get(token_id, f"<unused_{token_id - size}>"))
     added.append({"id": token_id, "content": content, "single_word": False, "lstrip": False,
                   "rstrip": False, "normalized": False, "special": True})
   for token_id, k in by_id.items():

@@ -60,6 +60,10 @@ class TensorMap:
       dest.reshape(hf_array.shape)[...] = hf_array
 
 
+# Rows in the vocabulary's order (importer / exporter permute them: `token_layout`).
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
 def tensor_maps(cfg: DecoderConfig) -> list[TensorMap]:
   """Every parameter of `cfg`'s decoder and the HF tensor it corresponds to."""
   top = [TensorMap(("embedding",), "model.embed_tokens.weight", "copy", False),
