@@ -87,7 +87,7 @@ def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
     toks = toks[1:]
   span = []
   for t in toks:
-    if t == vocabularies.EOS_ID or t in sentinels:
+    if t == vocabulary.eos_id or t in sentinels:
       break
     span.append(t)
   text = vocabulary.decode(span)
