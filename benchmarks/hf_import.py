@@ -64,10 +64,23 @@ def write_source(src: str, config: dict) -> int:
   safetensors_io.write_weights(src, tensors, max_shard_bytes=1024 ** 3)
   with open(os.path.join(src, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
-  from tokenizers import Tokenizer, models  # a stand-in tokenizer: import only copies it
-  Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")).save(
-      os.path.join(src, "tokenizer.json"))
+  write_tokenizer(src, config["vocab_size"])
   return sum(t.nbytes for t in tensors)
+
+
+def write_tokenizer(src: str, vocab_size: int) -> None:
+  """A stand-in with Llama 3's id layout: words, then BOS / EOS and 256 reserved tokens at the end
+  (so sentinels='auto' takes the reserved tokens, as for Llama 3)."""
+  from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+  words = vocab_size - 258
+  tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(words)}, unk_token="w0"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  specials = ["<|begin_of_text|>", "<|end_of_text|>"] + [
+      f"<|reserved_special_token_{k}|>" for k in range(256)]
+  tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+  tok.save(os.path.join(src, "tokenizer.json"))
+  with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": specials[0], "eos_token": specials[1]}, f)
 
 
 _MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "

@@ -109,6 +109,7 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
 
   examples = demo_tasks.heldout_eval_examples(settings["heldout_split"],
                                               num_shots=settings["heldout_shots"])
+  examples = examples[:settings.get("heldout_max_examples")]
   preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
                                       max_new_tokens=settings["max_new_tokens"])]
   scores = gen.score_options([e["inputs"] for e in examples],
