@@ -15,7 +15,7 @@ import torch
 import hf_reference
 from helpers import run_cli
 from ul2flan import config as config_lib
-from ul2flan.hf import exporter, families, importer, output_dir, safetensors_io
+from ul2flan.hf import exporter, families, importer, output_dir, safetensors_io, weights
 from ul2flan.model.config import DecoderConfig
 
 
@@ -235,3 +235,30 @@ def test_sharded_loading_equals_host_loading(small_hf_dir, tmp_path, scan_layers
       cfg, partitioner))
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(on_host)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.parametrize("policy, hf_rows, bos, source_dtype", [
+    ("unused_rows", 400, True, np.float32), ("new_rows", 300, False, ml_dtypes.bfloat16),
+    ("new_rows", 300, True, np.float32)])
+def test_embedding_rows_written_in_place_equal_model_embedding(tmp_path, policy, hf_rows, bos,
+                                                               source_dtype):
+  """The importer's lean row mapping against token_layout.model_embedding (the reference)."""
+  from ul2flan.hf import token_layout
+  from ul2flan.hf import tokenizer as hf_tokenizer
+  tokenizer = hf_reference.train_tokenizer(300)
+  if not bos:
+    tokenizer.bos_token = None
+  tokenizer.save_pretrained(str(tmp_path))
+  rows = np.random.RandomState(0).randn(hf_rows, 8).astype(source_dtype)
+  safetensors_io.write_weights(str(tmp_path), [safetensors_io.TensorToWrite(
+      "model.embed_tokens.weight", rows.shape, rows.dtype, lambda: rows)])
+  layout = hf_tokenizer.HfVocabulary(str(tmp_path), token_layout.SentinelPolicy(
+      policy, 100, hf_rows)).layout
+  assert (layout.start_copies is None) == bos
+  source = importer.Source(safetensors_io.WeightsReader(str(tmp_path)), hf_rows, layout, True)
+  want = token_layout.model_embedding(rows, layout, reinit=True)
+  for dtype in (np.float32, ml_dtypes.bfloat16):
+    dest = np.empty((layout.vocab_size, 8), dtype)
+    source.read_into(weights.tensor_maps(DecoderConfig(vocab_size=layout.vocab_size))[0],
+                     "model.embed_tokens.weight", dest)
+    np.testing.assert_array_equal(dest, want.astype(dtype))
