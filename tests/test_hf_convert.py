@@ -262,3 +262,9 @@ def test_embedding_rows_written_in_place_equal_model_embedding(tmp_path, policy,
     source.read_into(weights.tensor_maps(DecoderConfig(vocab_size=layout.vocab_size))[0],
                      "model.embed_tokens.weight", dest)
     np.testing.assert_array_equal(dest, want.astype(dtype))
+
+
+def test_a_hf_dir_given_as_a_checkpoint_says_how_to_convert_it(small_hf_dir):
+  from ul2flan import checkpoints
+  with pytest.raises(FileNotFoundError, match=r"is a Hugging Face model dir.*ul2flan import-hf"):
+    checkpoints.resolve_step_dir(small_hf_dir)

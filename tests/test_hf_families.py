@@ -20,7 +20,7 @@ import torch
 
 import hf_reference
 from ul2flan import checkpoints, config as config_lib, partitioning
-from ul2flan.hf import exporter, importer
+from ul2flan.hf import exporter, importer, output_dir
 from ul2flan.inference import decoding
 from ul2flan.model import decoder as decoder_lib
 
@@ -80,12 +80,21 @@ def test_logits_equal_transformers(imported, name):
   np.testing.assert_allclose(m.ours(ids), want, atol=1e-4, rtol=0)
 
 
-def test_scanned_import_gives_the_same_logits(imported):
+def test_scanned_import_and_export_give_the_same_logits(imported, tmp_path):
+  import transformers
   m = imported("llama", scan_layers=True)
   assert m.cfg.scan_layers and "layers" in m.params
   ids = tokens(len(m.to_model), batch=1)
-  np.testing.assert_allclose(m.ours(ids), hf_reference.hf_logits(m.model, ids), atol=1e-4,
-                             rtol=0)
+  want = hf_reference.hf_logits(m.model, ids)
+  np.testing.assert_allclose(m.ours(ids), want, atol=1e-4, rtol=0)
+  out = exporter.export_hf(m.model_dir, str(tmp_path / "export"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  np.testing.assert_allclose(hf_reference.hf_logits(reloaded, ids)[..., :len(m.to_model)], want,
+                             atol=1e-4, rtol=0)
+  # The same dir again is reused; another model into it is refused.
+  assert exporter.export_hf(m.model_dir, out) == out
+  with pytest.raises(output_dir.OutputDirError, match="already holds a different model"):
+    exporter.export_hf(imported("llama").model_dir, out)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

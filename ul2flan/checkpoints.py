@@ -79,6 +79,12 @@ def resolve_step_dir(path: str) -> tuple[str, int]:
                if d.isdigit() and os.path.isdir(os.path.join(candidate, d, PARAMS))]
       if steps:
         return candidate, max(steps)
+  if os.path.exists(os.path.join(path, "config.json")) and any(
+      f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(path)):
+    raise FileNotFoundError(
+        f"{path} is a Hugging Face model dir, not a ul2flan checkpoint: convert it with "
+        f"`ul2flan import-hf {path} OUT_DIR` and use OUT_DIR (and OUT_DIR/model.gin), or give it "
+        f"to the pipeline as run_pipeline.initial_checkpoint_path, which converts it once")
   raise FileNotFoundError(f"no finished checkpoint under {path} (expected <dir>/checkpoints/<step>/"
                           f"{PARAMS})")
 
