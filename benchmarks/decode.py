@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ul2flan import decoding
-from ul2flan.model import Decoder, DecoderConfig
+from ul2flan.inference import decoding
+from ul2flan.model.config import DecoderConfig
+from ul2flan.model.decoder import Decoder
 
 TINY = dict(vocab_size=768, d_model=256, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=64,
             mlp_dim=1024)

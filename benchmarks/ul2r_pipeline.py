@@ -26,9 +26,11 @@ import time
 import seqio
 import tensorflow as tf
 
-from ul2flan import corpus_sources
-from ul2flan import denoisers
-from ul2flan import vocab as vocab_lib
+from ul2flan import vocabularies as vocab_lib
+from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import preprocessors
+from ul2flan.ul2 import sources as corpus_sources
+from ul2flan.ul2 import tasks as ul2_tasks
 
 
 @dataclasses.dataclass
@@ -45,8 +47,8 @@ class Throughput:
 
 def _concatenate_and_chunk(dataset: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
   """Documents concatenated and cut to row length - 1 (the EOS comes next): no packing work."""
-  return denoisers.concatenate_and_chunk(dataset, sequence_length["targets"] - 1,
-                                         denoisers.DEFAULT_DOCS_PER_GROUP)
+  return preprocessors.concatenate_and_chunk(dataset, sequence_length["targets"] - 1,
+                                             denoisers.DEFAULT_DOCS_PER_GROUP)
 
 
 def _lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
   row_length = args.inputs_length + args.targets_length
   mixture = denoisers.get_preset(args.preset, inputs_length=args.inputs_length,
                                  targets_length=args.targets_length)
-  ul2_task = corpus_sources.register_ul2_task("bench_ul2r", source, mixture, vocabulary,
+  ul2_task = ul2_tasks.register_ul2_task("bench_ul2r", source, mixture, vocabulary,
                                               overwrite=True)
   print(f"corpus {args.corpus!r}, preset {args.preset}, rows of {args.inputs_length} + "
         f"{args.targets_length} tokens, batches of {args.batch_size}, {args.seconds:g} s per "

@@ -17,14 +17,29 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from etils import epath
 import gin
 
+from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.model.config import DecoderConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO_FILE = "run.json"
+
+# Module paths of configurables before the package was grouped by stage: an old gin file that
+# names one gets told the new name (short names such as `DecoderConfig.d_model` never changed).
+MOVED = {
+    "ul2flan.denoisers.demo_task_lengths": "ul2flan.demo.corpus.demo_task_lengths",
+    "ul2flan.denoisers": "ul2flan.ul2.denoisers",
+    "ul2flan.corpus_sources.register_ul2": "ul2flan.ul2.tasks.register_ul2",
+    "ul2flan.corpus_sources": "ul2flan.ul2.sources",
+    "ul2flan.vocab": "ul2flan.vocabularies",
+    "ul2flan.model.DecoderConfig": "ul2flan.model.config.DecoderConfig",
+    "ul2flan.trainer": "ul2flan.training.trainer",
+    "ul2flan.data": "ul2flan.training.data",
+    "ul2flan.optim": "ul2flan.training.optim",
+    "%MODEL_DIR": "--model_dir (MODEL_DIR is no longer a gin macro)",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,7 +83,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, NameError) as e:
     msg = str(e).splitlines()[0] if str(e) else repr(e)
-    raise ValueError(f"bad gin configuration: {msg}\n  (check the spelling of --gin.NAME=VALUE "
+    moved = next((f"; {old} is now {new}" for old, new in MOVED.items()
+                  if old in msg or old.lstrip("%") in msg.split("'")), "")
+    raise ValueError(f"bad gin configuration: {msg}{moved}\n  (check the spelling of --gin.NAME=VALUE "
                      f"bindings and gin files; `ul2flan train --help` lists the "
                      f"configurables)") from None
 
@@ -156,12 +173,12 @@ def run_info_from_gin() -> RunInfo:
 
 
 def write_run_info(model_dir: str, info: RunInfo) -> None:
-  path = epath.Path(model_dir) / RUN_INFO_FILE
+  path = paths.resolve(model_dir) / RUN_INFO_FILE
   path.write_text(info.to_json())
 
 
 def read_run_info(model_dir: str) -> RunInfo:
-  path = epath.Path(model_dir) / RUN_INFO_FILE
+  path = paths.resolve(model_dir) / RUN_INFO_FILE
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: {model_dir} was not written by `ul2flan train` (or by an older "
