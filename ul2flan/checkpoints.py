@@ -115,7 +115,8 @@ def resolve_step_dir(path: paths.PathLike) -> tuple[str, int]:
 def model_dir_of(checkpoint: str) -> str:
   """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
   ckpt_dir, _ = resolve_step_dir(checkpoint)
-  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
+  path = epath.Path(ckpt_dir)
+  return str(path.parent) if path.name == "checkpoints" else ckpt_dir
 
 
 def _shape_report(expected, found) -> list[str]:
