@@ -115,7 +115,8 @@ def test_rotary_embedding_matches_complex_rotation():
   rng = np.random.RandomState(0)
   x = rng.randn(1, 5, 2, 8).astype(np.float32)
   pos = np.arange(5)[None]
-  got = np.asarray(layers.rotary_embedding(jnp.array(x), jnp.array(pos), 10000.0))
+  freq8 = layers.rope_frequencies(model_config.DecoderConfig(head_dim=8))
+  got = np.asarray(layers.rotary_embedding(jnp.array(x), jnp.array(pos), freq8))
   half = 4
   freq = 10000.0 ** (-np.arange(half) / half)
   z = (x[..., :half] + 1j * x[..., half:]) * np.exp(1j * pos[0][None, :, None, None] * freq)
@@ -123,8 +124,8 @@ def test_rotary_embedding_matches_complex_rotation():
   # Relative property: <rope(q, m), rope(k, n)> depends only on m - n.
   q, k = rng.randn(8), rng.randn(8)
   def dot(m, n):
-    a = layers.rotary_embedding(jnp.array(q)[None, None, None], jnp.array([[m]]), 1e4)
-    b = layers.rotary_embedding(jnp.array(k)[None, None, None], jnp.array([[n]]), 1e4)
+    a = layers.rotary_embedding(jnp.array(q)[None, None, None], jnp.array([[m]]), freq8)
+    b = layers.rotary_embedding(jnp.array(k)[None, None, None], jnp.array([[n]]), freq8)
     return float(jnp.sum(a * b))
   assert dot(7, 3) == pytest.approx(dot(14, 10), rel=1e-4)
 

@@ -102,8 +102,21 @@ def resolve_step_dir(path: paths.PathLike) -> tuple[str, int]:
     steps = _committed_steps(candidate)
     if steps:
       return str(candidate), steps[-1]
+  if (path / "config.json").exists() and any(
+      f.name.endswith((".safetensors", ".safetensors.index.json")) for f in path.iterdir()):
+    raise FileNotFoundError(
+        f"{path} is a Hugging Face model dir, not a ul2flan checkpoint: convert it with "
+        f"`ul2flan import-hf {path} OUT_DIR` and use OUT_DIR (and OUT_DIR/model.gin), or give it "
+        f"to the pipeline as run_pipeline.initial_checkpoint_path, which converts it once")
   raise FileNotFoundError(f"no finished checkpoint under {path} (expected <dir>/checkpoints/<step>/"
                           f"{PARAMS})")
+
+
+def model_dir_of(checkpoint: str) -> str:
+  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
+  ckpt_dir, _ = resolve_step_dir(checkpoint)
+  path = epath.Path(ckpt_dir)
+  return str(path.parent) if path.name == "checkpoints" else ckpt_dir
 
 
 def _shape_report(expected, found) -> list[str]:

@@ -1,4 +1,4 @@
-"""`ul2flan` command line: train, pipeline, infer, eval, inspect-task.
+"""`ul2flan` command line: train, pipeline, infer, eval, inspect-task, import-hf, export-hf.
 
 Gin handling follows t5x: `--gin_file=A.gin` (repeatable) and `--gin.NAME=VALUE` bindings, applied
 in order. Configuration and input errors print `error: ...` and exit 2, without a traceback unless
@@ -15,6 +15,8 @@ from typing import Sequence
 from ul2flan import config as config_lib
 from ul2flan import logs
 from ul2flan.commands import eval as eval_command
+from ul2flan.commands import export_hf
+from ul2flan.commands import import_hf
 from ul2flan.commands import infer
 from ul2flan.commands import inspect_task
 from ul2flan.commands import pipeline
@@ -27,6 +29,8 @@ COMMANDS = {
     "infer": infer,
     "eval": eval_command,
     "inspect-task": inspect_task,
+    "import-hf": import_hf,
+    "export-hf": export_hf,
 }
 
 

@@ -89,7 +89,7 @@ def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
     toks = toks[1:]
   span = []
   for t in toks:
-    if t == vocabularies.EOS_ID or t in sentinels:
+    if t == vocabulary.eos_id or t in sentinels:
       break
     span.append(t)
   text = vocabulary.decode(span)
@@ -112,6 +112,7 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
 
   examples = demo_tasks.heldout_eval_examples(settings["heldout_split"],
                                               num_shots=settings["heldout_shots"])
+  examples = examples[:settings.get("heldout_max_examples")]
   preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
                                       max_new_tokens=settings["max_new_tokens"])]
   scores = gen.score_options([e["inputs"] for e in examples],

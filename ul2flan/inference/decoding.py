@@ -49,9 +49,10 @@ class DecodeResult(NamedTuple):
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def model_prompt(ids: Sequence[int], prefix_lm: bool) -> list[int]:
-  """The decoder input tokens of a prompt: BOS, the ids, and EOS for a prefix LM."""
-  return [PAD_ID] + list(ids) + ([EOS_ID] if prefix_lm else [])
+def model_prompt(ids: Sequence[int], prefix_lm: bool, eos_id: int = EOS_ID) -> list[int]:
+  """The decoder input tokens of a prompt: BOS, the ids, and EOS (the vocabulary's) for a prefix
+  LM."""
+  return [PAD_ID] + list(ids) + ([eos_id] if prefix_lm else [])
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], length: int | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 
@@ -26,7 +25,7 @@ from ul2flan import partitioning
 from ul2flan.inference import decoding
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
-from ul2flan.vocabularies import EOS_ID, PAD_ID
+from ul2flan.vocabularies import PAD_ID
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ class Generator:
     self.batch_size = batch_size
     self.max_prompt_tokens = max_prompt_tokens
     self.partitioner = partitioner
+    self.eos_id = int(vocabulary.eos_id)  # the vocabulary's: 1 for T5-style SentencePiece
     self.last_stats: dict[str, float] = {}
 
   def count_tokens(self, text: str) -> int:
@@ -67,12 +67,12 @@ class Generator:
     return len(self.vocabulary.encode(text)) + (1 if self.prefix_lm else 0)
 
   def encode(self, text: str) -> list[int]:
-    return decoding.model_prompt(self.vocabulary.encode(text), self.prefix_lm)
+    return decoding.model_prompt(self.vocabulary.encode(text), self.prefix_lm, self.eos_id)
 
   def decode_text(self, ids: Sequence[int]) -> str:
     ids = list(ids)
-    if EOS_ID in ids:
-      ids = ids[:ids.index(EOS_ID)]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
     return self.vocabulary.decode(ids)
 
   def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
@@ -96,7 +96,7 @@ class Generator:
     e.g. an infilling prompt with a sentinel id inside. Prompts are vocabulary ids without
     BOS/EOS; the prefix-LM / causal layout is added here as for text prompts."""
     start = time.perf_counter()
-    encoded = [decoding.model_prompt(list(p), self.prefix_lm) for p in prompts]
+    encoded = [decoding.model_prompt(list(p), self.prefix_lm, self.eos_id) for p in prompts]
     outputs = self._generate_encoded(encoded, 1, max_new_tokens=max_new_tokens, **sampling)
     self._record_stats(len(prompts), outputs, time.perf_counter() - start)
     return outputs
@@ -126,11 +126,11 @@ class Generator:
                                   bucket_length(max(len(p) for p in prompts)))
     if self.partitioner is None:
       result = decoding.decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
-                      **kwargs)
+                               eos_id=self.eos_id, **kwargs)
     else:
       with self.partitioner.activation_context():
-        result = decoding.decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
-                        **kwargs)
+        result = decoding.decode(self.params, self.config, tokens, lengths,
+                                 prefix_lm=self.prefix_lm, eos_id=self.eos_id, **kwargs)
     return [list(result.tokens[i, :result.lengths[i]]) for i in range(len(prompts))]
 
   def _record_stats(self, num_prompts: int, outputs: list[list[int]], seconds: float) -> None:
@@ -151,7 +151,7 @@ class Generator:
     rows = []
     for prompt, opts in zip(prompts, options):
       encoded = self.encode(prompt)
-      rows.extend((encoded, list(self.vocabulary.encode(o)) + [EOS_ID]) for o in opts)
+      rows.extend((encoded, list(self.vocabulary.encode(o)) + [self.eos_id]) for o in opts)
     scores: list[float] = []
     if rows:
       length = bucket_length(max(len(p) + len(t) for p, t in rows))
@@ -198,12 +198,6 @@ def _sequence_log_likelihood(config: DecoderConfig, prefix_lm: bool):
 
 
 # ---- loading a checkpoint -----------------------------------------------------------------------
-def model_dir_of(checkpoint: str) -> str:
-  """The model dir of a model dir, its checkpoints dir or one of its step dirs."""
-  ckpt_dir, _ = checkpoints.resolve_step_dir(checkpoint)
-  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
-
-
 def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, *,
                    prefix_lm: bool | None = None, batch_size: int = 16,
                    max_prompt_tokens: int | None = None) -> Generator:
@@ -212,7 +206,7 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   The model is described by `run_info` (default: the model dir's run.json, written by the
   trainer). `prefix_lm` and `max_prompt_tokens` default to how the model was trained.
   """
-  run_info = run_info or config_lib.read_run_info(model_dir_of(checkpoint))
+  run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   prefix_lm = run_info.prefix_lm if prefix_lm is None else prefix_lm
   config = run_info.decoder_config
   partitioner = partitioning.Partitioner({"data": -1})

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from ul2flan import partitioning
 from ul2flan.model.config import DecoderConfig
-from ul2flan.model.layers import dense_init, param_with_axes, rotary_embedding
+from ul2flan.model.layers import (Norm, dense_init, param_with_axes, rope_frequencies,
+                                  rotary_embedding)
 
 Array = jax.Array
 NEG_INF = -1e10
@@ -208,10 +209,18 @@ class Attention(nn.Module):
     q = jnp.einsum(proj, x, wq.astype(dt))
     k = jnp.einsum(proj, x, wk.astype(dt))
     v = jnp.einsum(proj, x, wv.astype(dt))
+    if cfg.attention_qkv_bias:
+      q, k, v = (t + self._bias(name, heads, heads_major) for t, name, heads in (
+          (q, "query_bias", cfg.num_heads), (k, "key_bias", cfg.num_kv_heads),
+          (v, "value_bias", cfg.num_kv_heads)))
+    if cfg.qk_norm:  # per head, over head_dim, before RoPE
+      q = Norm(cfg, rmsnorm=True, name="query_norm")(q)
+      k = Norm(cfg, rmsnorm=True, name="key_norm")(k)
     q = partitioning.constrain(q, ("batch", "heads", "length", "kv") if heads_major
                                else ("batch", "length", "heads", "kv"))
-    q = rotary_embedding(q, positions, cfg.rope_max_wavelength, heads_major=heads_major)
-    k = rotary_embedding(k, positions, cfg.rope_max_wavelength, heads_major=heads_major)
+    freq = rope_frequencies(cfg)
+    q = rotary_embedding(q, positions, freq, heads_major=heads_major)
+    k = rotary_embedding(k, positions, freq, heads_major=heads_major)
 
     new_cache = None
     if cache is not None:  # the cache is [batch, max_len, kv_heads, head_dim]
@@ -234,5 +243,16 @@ class Attention(nn.Module):
                         local_window=local_window, impl=masks.impl)
       out_spec = "blhk,hkd->bld"
     out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
-    return jnp.einsum(out_spec, out, wo.astype(dt)), new_cache
+    out = jnp.einsum(out_spec, out, wo.astype(dt))
+    if cfg.attention_out_bias:
+      out = out + param_with_axes(self, "out_bias", nn.initializers.zeros, (cfg.d_model,),
+                                  ("embed",)).astype(dt)
+    return out, new_cache
+
+  def _bias(self, name: str, heads: int, heads_major: bool) -> Array:
+    """A q/k/v bias [heads, head_dim], shaped to add to the projection's layout."""
+    axes = ("heads" if name == "query_bias" else "kv_heads", "kv")
+    bias = param_with_axes(self, name, nn.initializers.zeros, (heads, self.config.head_dim),
+                           axes).astype(self.config.compute_dtype)
+    return bias[None, :, None, :] if heads_major else bias[None, None, :, :]
 

@@ -8,6 +8,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 # How attention is computed (`DecoderConfig.attention_impl`); `model/attention.py` resolves "auto".
 #   "xla":    heads-major einsums + an additive mask bias (the fastest on XLA:CPU; any backend).
 #   "cudnn":  jax.nn.dot_product_attention's cuDNN flash kernel (NVIDIA GPUs, bfloat16 / float16).
@@ -48,6 +50,21 @@ class DecoderConfig:
   scan_layers: bool = False
   remat_policy: str = "none"  # "none", "full", "dots" or "dots_with_no_batch_dims".
   norm_epsilon: float = 1e-6
+  # Options for the Hugging Face families (ul2flan/hf/families.py); the defaults are PaLM's.
+  mlp_activation: str = "silu"  # "silu" (SwiGLU), "gelu_tanh" (GeGLU, Gemma) or "gelu".
+  attention_qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2).
+  attention_out_bias: bool = False  # a bias on the output projection.
+  qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (Qwen3).
+  norm_unit_offset: bool = False  # norms scale by (1 + w), w initialised at 0 (Gemma).
+  post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2).
+  scale_embeddings: bool = False  # input embeddings times sqrt(d_model) (Gemma).
+  scale_tied_logits: bool = True  # PaLM: tied output logits times d_model ** -0.5.
+  final_logit_soft_cap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2).
+  rope_scaling: str = "none"  # "none", "linear" or "llama3" (Llama 3.1's frequency bands).
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0  # llama3 only
+  rope_high_freq_factor: float = 4.0  # llama3 only
+  rope_original_max_position: int = 8192  # llama3 only: the pre-training context length
   attention_impl: str = "auto"  # see ATTENTION_IMPLS
   # Sliding-window attention (Mistral, Gemma 2): a query sees keys less than `sliding_window`
   # positions away. `sliding_window_pattern` N (Hugging Face's Gemma convention): layer i is
@@ -68,6 +85,20 @@ class DecoderConfig:
                        f"got {self.remat_policy!r}")
     if self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+    if self.mlp_activation not in MLP_ACTIVATIONS:
+      raise ValueError(f"mlp_activation must be one of {MLP_ACTIVATIONS}, "
+                       f"got {self.mlp_activation!r}")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"rope_scaling must be one of {ROPE_SCALINGS}, got {self.rope_scaling!r}")
+    if self.rope_scaling != "none" and self.rope_scaling_factor <= 0:
+      raise ValueError(f"rope_scaling_factor must be > 0, got {self.rope_scaling_factor}")
+    if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      raise ValueError("llama3 RoPE scaling needs rope_high_freq_factor > rope_low_freq_factor")
+    if self.post_norms and self.parallel_block:
+      raise ValueError("post_norms (Gemma 2) needs parallel_block = False")
+    if self.final_logit_soft_cap is not None and self.final_logit_soft_cap <= 0:
+      raise ValueError(f"final_logit_soft_cap must be > 0 or None, "
+                       f"got {self.final_logit_soft_cap}")
     if self.dtype not in COMPUTE_DTYPES:
       raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -114,8 +145,14 @@ class DecoderConfig:
   def num_params(self, include_embeddings: bool = True) -> int:
     """Analytic parameter count (used for MFU and checked against the built model in tests)."""
     attn = self.d_model * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    if self.attention_qkv_bias:
+      attn += self.head_dim * (self.num_heads + 2 * self.num_kv_heads)
+    if self.attention_out_bias:
+      attn += self.d_model
+    if self.qk_norm:
+      attn += 2 * self.head_dim
     mlp = 3 * self.d_model * self.mlp_dim
-    norms = self.d_model * (1 if self.parallel_block else 2)
+    norms = self.d_model * (1 if self.parallel_block else 2) * (2 if self.post_norms else 1)
     per_layer = attn + mlp + norms
     total = self.num_layers * per_layer + self.d_model  # + final norm
     if include_embeddings:

@@ -1,8 +1,9 @@
 """A PaLM-style decoder-only Transformer (flax.linen) that is also a prefix LM.
 
 Defaults follow PaLM: SwiGLU MLP, parallel attention+MLP block, multi-query attention, RoPE, no
-biases, shared input/output embeddings. Options cover Llama-family models (sequential block,
-grouped-query attention, RMSNorm, untied embeddings).
+biases, shared input/output embeddings. Options cover the Hugging Face families that
+`ul2flan.hf` imports (sequential block, grouped-query attention, RMSNorm, untied embeddings,
+q/k/v biases, q/k norms, RoPE scaling, GeGLU, Gemma 2's extra norms and soft-capping).
 
 Inputs follow seqio's decoder feature names. `decoder_causal_attention` (seqio's PrefixLM feature)
 marks the prefix: positions marked 1 attend to each other bidirectionally; everything else is
@@ -37,11 +38,16 @@ class DecoderLayer(nn.Module):
     h = Norm(cfg, name="pre_attention_norm")(x)
     attn, new_cache = Attention(cfg, name="attention")(h, positions, masks, deterministic, cache,
                                                       cache_offsets, use_window)
+    if cfg.post_norms:
+      attn = Norm(cfg, name="post_attention_norm")(attn)
     if cfg.parallel_block:
       y = x + attn + MLP(cfg, name="mlp")(h, deterministic)
     else:
       x = x + attn
-      y = x + MLP(cfg, name="mlp")(Norm(cfg, name="pre_mlp_norm")(x), deterministic)
+      mlp = MLP(cfg, name="mlp")(Norm(cfg, name="pre_mlp_norm")(x), deterministic)
+      if cfg.post_norms:
+        mlp = Norm(cfg, name="post_mlp_norm")(mlp)
+      y = x + mlp
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = partitioning.constrain(y, ("batch", "length", "embed"))
     return y, new_cache
@@ -128,6 +134,8 @@ class Decoder(nn.Module):
 
     deterministic = not enable_dropout
     x = self.embedding.astype(cfg.compute_dtype)[decoder_input_tokens]
+    if cfg.scale_embeddings:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.compute_dtype)
     x = partitioning.constrain(x, ("batch", "length", "embed"))
     x = self.embedding_dropout(x, deterministic=deterministic)
 
@@ -151,9 +159,13 @@ class Decoder(nn.Module):
     if cfg.tie_embeddings:
       # Shared embeddings are N(0, 1); scale so initial logits are O(1).
       logits = jnp.einsum("bld,vd->blv", x, self.embedding.astype(cfg.compute_dtype))
-      logits = logits * (cfg.d_model ** -0.5)
+      if cfg.scale_tied_logits:
+        logits = logits * (cfg.d_model ** -0.5)
     else:
       logits = x @ self.output_embedding.astype(cfg.compute_dtype)
+    if cfg.final_logit_soft_cap is not None:
+      cap = cfg.final_logit_soft_cap
+      logits = cap * jnp.tanh(logits.astype(jnp.float32) / cap)
     logits = partitioning.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     if cache is not None:
       return logits, new_cache

@@ -27,25 +27,55 @@ def param_with_axes(module: nn.Module, name: str, init, shape, axes):
 
 
 class Norm(nn.Module):
+  """LayerNorm without bias (PaLM) or RMSNorm, over the last axis; `rmsnorm` forces RMSNorm
+  (the q/k norms of Qwen3 are RMSNorms whatever the block norms are)."""
   config: DecoderConfig
+  rmsnorm: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",))
+    init = nn.initializers.zeros if cfg.norm_unit_offset else nn.initializers.ones
+    scale = param_with_axes(self, "scale", init, (x.shape[-1],), ("norm",))
+    if cfg.norm_unit_offset:  # Gemma stores w and scales by (1 + w)
+      scale = 1.0 + scale
     x32 = x.astype(jnp.float32)
-    if cfg.norm_type == "layernorm":
+    if cfg.norm_type == "layernorm" and not self.rmsnorm:
       x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_epsilon)
     return (y * scale).astype(cfg.compute_dtype)
 
 
-def rotary_embedding(x: Array, positions: Array, max_wavelength: float,
+def rope_frequencies(cfg: DecoderConfig) -> Array:
+  """RoPE's angular frequencies, [head_dim // 2] float32, with the configured scaling.
+
+  "linear" divides every frequency by the factor. "llama3" (Llama 3.1) divides the low
+  frequencies (wavelength above original_max_position / low_freq_factor) by the factor, keeps the
+  high ones (wavelength below original_max_position / high_freq_factor) and blends in between.
+  """
+  half = cfg.head_dim // 2
+  freq = cfg.rope_max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if cfg.rope_scaling == "linear":
+    freq = freq / cfg.rope_scaling_factor
+  elif cfg.rope_scaling == "llama3":
+    factor, context = cfg.rope_scaling_factor, cfg.rope_original_max_position
+    wavelength = 2 * jnp.pi / freq
+    scaled = jnp.where(wavelength > context / cfg.rope_low_freq_factor, freq / factor, freq)
+    smooth = ((context / wavelength - cfg.rope_low_freq_factor)
+              / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ((wavelength >= context / cfg.rope_high_freq_factor)
+              & (wavelength <= context / cfg.rope_low_freq_factor))
+    freq = jnp.where(medium, blended, scaled)
+  return freq
+
+
+def rotary_embedding(x: Array, positions: Array, freq: Array,
                      heads_major: bool = False) -> Array:
-  """Applies RoPE. x: [batch, length, heads, head_dim] (or [batch, heads, length, head_dim]
-  with `heads_major`); positions: [batch, length]."""
-  half = x.shape[-1] // 2
-  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  """Applies RoPE (rotating the two halves of head_dim, as PaLM and Hugging Face do).
+
+  x: [batch, length, heads, head_dim] (or [batch, heads, length, head_dim] with `heads_major`);
+  positions: [batch, length]; freq: [head_dim // 2] (`rope_frequencies`)."""
   angle = positions[..., None].astype(jnp.float32) * freq  # [b, l, half]
   if heads_major:
     sin, cos = jnp.sin(angle)[:, None], jnp.cos(angle)[:, None]
@@ -56,7 +86,15 @@ def rotary_embedding(x: Array, positions: Array, max_wavelength: float,
   return out.astype(x.dtype)
 
 
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
 class MLP(nn.Module):
+  """Gated MLP: act(x W_gate) * (x W_up) W_down (SwiGLU with silu, GeGLU with gelu)."""
   config: DecoderConfig
 
   @nn.compact
@@ -76,7 +114,7 @@ class MLP(nn.Module):
       gate, up = jnp.split(gate_up, 2, axis=-1)
     else:  # concatenating model-sharded weights would reshuffle them across devices
       gate, up = x2 @ w_gate.astype(dt), x2 @ w_up.astype(dt)
-    h = jax.nn.silu(gate) * up
+    h = ACTIVATIONS[cfg.mlp_activation](gate) * up
     h = partitioning.constrain(h, ("batch", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return (h @ w_down.astype(dt)).reshape(b, l, d)

@@ -98,6 +98,17 @@ def register_ul2_mixture(name: str, sources: Mapping[str, tuple[seqio.DataSource
   return registration.add_mixture(name, tasks, replace=overwrite)
 
 
+@gin.configurable
+def ul2_corpus_task(corpus: str = gin.REQUIRED, name: str = "ul2r_corpus",
+                    mixture: MixtureSpec = "UL2R", text_key: str = corpus_sources.TEXT_KEY) -> str:
+  """Gin entry point: registers a UL2 task over a corpus spec ("jsonl:/data/*.jsonl", see
+  `sources.source_from_spec`) and returns its name, for `MIXTURE_OR_TASK_NAME =
+  @ul2_corpus_task()`. The mixture is built when the task is used (after gin is parsed)."""
+  register_ul2_task(name, corpus, lambda: _resolve_mixture(mixture, None, None),
+                    text_key=text_key, overwrite=True)
+  return name
+
+
 def task_mixture(task_name: str) -> denoisers.DenoiserMixture | None:
   """The denoiser mixture of a UL2 task registered here (None for any other task)."""
   mixture_fn = _TASK_MIXTURES.get(task_name)
