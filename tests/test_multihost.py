@@ -1,4 +1,6 @@
-"""Two processes on localhost (jax.distributed + gloo, 2 CPU devices each) match one process."""
+"""Two processes on localhost (jax.distributed + gloo, 2 CPU devices each) match one process, and
+evaluate uneven eval shards in lockstep (the process that runs out first feeds zero-weight rows).
+"""
 
 import os
 import socket
@@ -6,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ul2flan.training.metrics import read_metrics
 from helpers import REPO_ROOT, run_cli
@@ -32,6 +35,40 @@ def _losses(d):
   return np.array([m["loss"] for m in read_metrics(os.path.join(d, "metrics.jsonl"))])
 
 
+# Eval every 4 steps on `uneven_eval` (tests/uneven_eval_task.py): shard 0 has 2 batches, shard 1
+# has 1, so the processes run out at different steps.
+EVAL_ARGS = [
+    "--gin.EVAL_PERIOD=4", "--gin.eval/DatasetConfig.mixture_or_task_name='uneven_eval'",
+    "--gin.eval/DatasetConfig.module='tests.uneven_eval_task'",
+]
+
+
+def _eval_reference(model_dir):
+  """Loss and token count over exactly the rows each process's shard yields, one device."""
+  import jax
+  import uneven_eval_task
+  from ul2flan import checkpoints, partitioning
+  from ul2flan.training import data, optim, steps
+  from helpers import micro_config
+  cfg = data.DatasetConfig(mixture_or_task_name="uneven_eval", task_feature_lengths={"targets": 64},
+                           split="validation", batch_size=8, shuffle=False, repeat=False)
+  part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
+  sched = optim.make_schedule(total_steps=4)
+  builder = steps.StepBuilder(micro_config(), part,
+                              optim.make_optimizer(sched), sched, seed=0, z_loss=1e-4,
+                              num_microbatches=1)
+  params, step = checkpoints.restore_params(str(model_dir), builder.abstract_params)
+  nll = weight = 0.0
+  for process in range(2):
+    for batch in data.HostIterator(cfg, process_index=process, process_count=2):
+      out = jax.jit(builder.eval_step)(params, batch)
+      nll, weight = nll + float(out["nll"]), weight + float(out["weight"])
+  # Shard p holds examples p, p+2, ...; whole batches of 4 rows: 0,2,..,14 and 1,3,5,7.
+  expected_rows = list(range(0, 15, 2)) + [1, 3, 5, 7]
+  assert weight == sum(uneven_eval_task.LENGTHS[i] + 1 for i in expected_rows)
+  return nll / weight, weight
+
+
 def test_two_processes_match_single_process(tmp_path):
   single = tmp_path / "single"
   r = run_cli(["train", f"--model_dir={single}", *MICRO_ARGS],
@@ -43,13 +80,14 @@ def test_two_processes_match_single_process(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(
       [sys.executable, "-m", "ul2flan", "train", f"--model_dir={multi}", *MICRO_ARGS,
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+       *EVAL_ARGS, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}",
        "--cpu_collectives=gloo"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=300))
+      outs.append(p.communicate(timeout=600))
   finally:
     for p in procs:
       p.kill()
@@ -59,3 +97,42 @@ def test_two_processes_match_single_process(tmp_path):
   assert len(ref) == 4
   np.testing.assert_allclose(got, ref, rtol=2e-4)
   assert os.path.isdir(multi / "checkpoints" / "4" / "params")
+  # Both processes ran the same eval steps (no hang), over every row of both shards exactly once.
+  (row,) = read_metrics(os.path.join(multi, "metrics_eval.jsonl"))
+  loss, tokens = _eval_reference(multi)
+  assert row["step"] == 4 and row["tokens"] == tokens
+  np.testing.assert_allclose(row["loss"], loss, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_both_at_the_same_committed_step(tmp_path):
+  """JAX's preemption sync: the signalled host and the other stop after the same step, saved."""
+  import signal
+  import time
+  d = tmp_path / "multi"
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  args = [a for a in MICRO_ARGS if not a.startswith("--gin.TRAIN_STEPS")]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "ul2flan", "train", f"--model_dir={d}", *args,
+       "--gin.TRAIN_STEPS=400", "--gin.CheckpointConfig.save_period=1000",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+       "--cpu_collectives=gloo"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + 400
+    while len(read_metrics(d / "metrics.jsonl")) < 3 and time.time() < deadline:
+      assert all(p.poll() is None for p in procs), "a process ended before the signal"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for e in errs]
+  steps = [int(x) for x in os.listdir(d / "checkpoints") if x.isdigit()]
+  logged = [m["step"] for m in read_metrics(d / "metrics.jsonl")]
+  assert len(steps) == 1 and 3 <= steps[0] < 400 and logged[-1] == steps[0]
+  assert logged == list(range(1, steps[0] + 1))
+  for err in errs:
+    assert f"Re-run the same command to resume from step {steps[0]}" in err

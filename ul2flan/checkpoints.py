@@ -1,25 +1,34 @@
-"""Orbax checkpoints: train state + data position, saved together and atomically.
+"""Orbax checkpoints: train state + data position, saved together, atomically, with checksums.
 
-Layout: MODEL_DIR/checkpoints/<step>/{params, optimizer, data}. `params` is its own item so a
-params-only restore (how the UL2R and Flan stages start) reads nothing else. Orbax writes each
-step into a temporary directory and renames it when complete, so a crash mid-save leaves no
-directory that `latest_step()` would return.
+Layout: MODEL_DIR/checkpoints/<step>/{params, optimizer, data, checksums.json}. `params` is its
+own item so a params-only restore (how the UL2R and Flan stages start) reads nothing else. Orbax
+commits a step atomically (a rename on local disks, a commit file on GCS), so a crash mid-save
+leaves no step that `latest_step()` returns. Just before the commit, `checksums.json` records the
+size and sha256 of every file of the step; a restore verifies them first, so flipped bytes, a
+truncated or a deleted file are reported by path instead of restoring garbage (`integrity.py`).
+The model dir may be local or a URL (`gs://...`): see `ul2flan.paths`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
+from etils import epath
 import gin
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from ul2flan import integrity
+from ul2flan import paths
 
 logger = logging.getLogger(__name__)
 
 PARAMS, OPTIMIZER, DATA = "params", "optimizer", "data"
+DAMAGED_SUFFIX = ".damaged"
 
 
 @gin.configurable
@@ -32,28 +41,38 @@ class CheckpointConfig:
   # model dir / checkpoints dir (its latest step is used).
   initial_checkpoint_path: str | None = None
   initial_checkpoint_mode: str = "params"  # "params": fresh optimizer at step 0; "full": resume.
+  # A damaged latest step stops the run (and says what is wrong); with this set, the run moves it
+  # aside to <step>.damaged (never deleted) and resumes from the newest intact step.
+  fallback_to_intact: bool = False
+  checksums: bool = True  # write checksums.json with each step (and verify it on restore)
 
 
 class CheckpointShapeError(ValueError):
   pass
 
 
-def checkpoint_dir(model_dir: str) -> str:
-  return os.path.join(os.path.abspath(model_dir), "checkpoints")
+class CheckpointDamagedError(ValueError):
+  """A step whose files are missing, truncated or corrupt (or that orbax cannot read)."""
 
 
-def open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None):
+def checkpoint_dir(model_dir: paths.PathLike) -> epath.Path:
+  return paths.resolve(model_dir) / "checkpoints"
+
+
+def open_manager(directory: paths.PathLike, options: ocp.CheckpointManagerOptions | None = None):
   """A manager that knows how every item is stored, so a fresh process can read metadata."""
   handlers = {PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
               DATA: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(paths.resolve(directory), options=options, item_handlers=handlers)
 
 
-def make_manager(model_dir: str, cfg: CheckpointConfig) -> ocp.CheckpointManager:
+def make_manager(model_dir: paths.PathLike, cfg: CheckpointConfig) -> ocp.CheckpointManager:
+  directory = checkpoint_dir(model_dir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=cfg.keep, save_interval_steps=1, enable_async_checkpointing=cfg.async_save,
-      create=True, cleanup_tmp_directories=True)
-  return open_manager(checkpoint_dir(model_dir), options)
+      create=True, cleanup_tmp_directories=True,
+      temporary_path_class=integrity.checksummed_path_class(directory) if cfg.checksums else None)
+  return open_manager(directory, options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, params, opt_state, data_state: dict,
@@ -65,20 +84,24 @@ def save(manager: ocp.CheckpointManager, step: int, params, opt_state, data_stat
   }), force=force)
 
 
-def resolve_step_dir(path: str) -> tuple[str, int]:
+def _committed_steps(directory: epath.Path) -> list[int]:
+  if not directory.is_dir():
+    return []
+  return sorted(int(d.name) for d in directory.iterdir()
+                if d.name.isdigit() and (d / PARAMS).is_dir())
+
+
+def resolve_step_dir(path: paths.PathLike) -> tuple[str, int]:
   """Accepts a step dir, a checkpoints dir or a model dir; returns (checkpoints dir, step)."""
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not path.exists():
     raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and os.path.isdir(os.path.join(path, PARAMS)):
-    return os.path.dirname(path), int(base)
-  for candidate in (path, os.path.join(path, "checkpoints")):
-    if os.path.isdir(candidate):
-      steps = [int(d) for d in os.listdir(candidate)
-               if d.isdigit() and os.path.isdir(os.path.join(candidate, d, PARAMS))]
-      if steps:
-        return candidate, max(steps)
+  if path.name.isdigit() and (path / PARAMS).is_dir():
+    return str(path.parent), int(path.name)
+  for candidate in (path, path / "checkpoints"):
+    steps = _committed_steps(candidate)
+    if steps:
+      return str(candidate), steps[-1]
   raise FileNotFoundError(f"no finished checkpoint under {path} (expected <dir>/checkpoints/<step>/"
                           f"{PARAMS})")
 
@@ -103,18 +126,53 @@ def _named_shapes(tree):
     yield name, tuple(getattr(leaf, "shape", ()))
 
 
+def _restore(mngr: ocp.CheckpointManager, step: int, items: dict, verify: bool = True):
+  """mngr.restore, after verifying the step's checksums; a failure names the step and the fix."""
+  step_dir = paths.resolve(mngr.directory) / str(step)
+  problems = integrity.verify(step_dir) if verify else []
+  if problems:
+    raise CheckpointDamagedError(damaged_message(step_dir, problems))
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(**items))
+  except (CheckpointShapeError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # orbax / tensorstore errors; pylint: disable=broad-except
+    said = "\n    ".join(str(e).strip().splitlines()[:6])[:1200] or type(e).__name__
+    if integrity.has_checksums(step_dir):  # the files are as saved: the request differs
+      raise ValueError(
+          f"cannot restore {step_dir}: {said}\nIts files match their checksums, so this run's "
+          f"configuration (model or optimizer) differs from the one that saved it; compare with "
+          f"config.gin in its model dir.") from None
+    raise CheckpointDamagedError(damaged_message(
+        step_dir, [f"orbax cannot read it (no checksums.json to tell damage from a different "
+                   f"configuration): {said}"])) from None
+
+
+def damaged_message(step_dir: epath.Path, problems: list[str]) -> str:
+  shown = "\n".join(f"  {p}" for p in problems[:10])
+  more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+  return (f"checkpoint {step_dir} is damaged:\n{shown}{more}\n"
+          f"Nothing was restored from it. To resume from the newest intact step instead, re-run "
+          f"with --gin.CheckpointConfig.fallback_to_intact=True (the damaged step is moved to "
+          f"{step_dir.name}{DAMAGED_SUFFIX}, not deleted), or restore the files of {step_dir}.")
+
+
 def restore_params(path: str, abstract_params) -> tuple[Any, int]:
   """Restores only the params item, sharded like `abstract_params` (ShapeDtypeStructs)."""
   ckpt_dir, step = resolve_step_dir(path)
   with open_manager(ckpt_dir, ocp.CheckpointManagerOptions(read_only=True)) as mngr:
     check_shapes(mngr, step, abstract_params, f"{ckpt_dir}/{step}")
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        **{PARAMS: ocp.args.StandardRestore(abstract_params)}))
+    restored = _restore(mngr, step, {PARAMS: ocp.args.StandardRestore(abstract_params)})
   return restored[PARAMS], step
 
 
 def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params, where: str) -> None:
-  meta = mngr.item_metadata(step)[PARAMS]
+  try:
+    meta = mngr.item_metadata(step)[PARAMS]
+  except Exception as e:  # pylint: disable=broad-except
+    step_dir = paths.resolve(mngr.directory) / str(step)
+    problems = integrity.verify(step_dir) or [f"its metadata cannot be read: {e}"[:300]]
+    raise CheckpointDamagedError(damaged_message(step_dir, problems)) from None
   tree = getattr(meta, "tree", meta)
   problems = _shape_report(abstract_params, tree)
   if problems:
@@ -126,12 +184,65 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params, where:
 
 
 def restore_full(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state,
-                 where: str):
+                 where: str, verified: bool = False):
+  """Params, optimizer state and data position; `verified`: the checksums were checked already."""
   check_shapes(mngr, step, abstract_params, where)
-  restored = mngr.restore(step, args=ocp.args.Composite(**{
+  restored = _restore(mngr, step, {
       PARAMS: ocp.args.StandardRestore(abstract_params),
       OPTIMIZER: ocp.args.StandardRestore({"opt_state": abstract_opt_state}),
       DATA: ocp.args.JsonRestore(),
-  }))
-  logger.info("restored step %d from %s", step, where)
+  }, verify=not verified)
+  checked = integrity.has_checksums(paths.resolve(mngr.directory) / str(step))
+  logger.info("restored step %d from %s (%s)", step, where,
+              "checksums verified" if checked else "no checksums.json: not verified")
   return restored[PARAMS], restored[OPTIMIZER]["opt_state"], restored[DATA]
+
+
+def newest_intact_step(mngr: ocp.CheckpointManager, fallback: bool) -> int | None:
+  """The step to resume from: the latest, or with `fallback` the newest whose files verify.
+
+  Process 0 verifies and decides; every process gets its answer (one broadcast), so all hosts
+  restore the same step. Damaged steps passed over are moved aside to `<step>.damaged`.
+  """
+  directory = paths.resolve(mngr.directory)
+  step, error = -1, ""
+  if jax.process_index() == 0:
+    candidates = sorted(mngr.all_steps(), reverse=True)
+    for candidate in candidates:
+      problems = integrity.verify(directory / str(candidate))
+      if not problems:
+        step = candidate
+        break
+      message = damaged_message(directory / str(candidate), problems)
+      if not fallback:
+        step, error = -2, message
+        break
+      logger.warning("%s\nfallback_to_intact: moving it aside and trying the previous step.",
+                     message.split("\nNothing was restored")[0])
+      _move_aside(directory / str(candidate))
+    if candidates and step == -1:
+      step, error = -2, (f"no intact checkpoint left in {directory}: every step was damaged and "
+                         f"moved aside to <step>{DAMAGED_SUFFIX}. Inspect them, or start afresh in "
+                         f"a new model dir.")
+  if jax.process_count() > 1:
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+  if step == -2:
+    raise CheckpointDamagedError(error or "process 0 found the latest checkpoint damaged (see "
+                                 "its log); nothing was restored.")
+  mngr.reload()
+  return None if step < 0 else step
+
+
+def _move_aside(step_dir: epath.Path) -> None:
+  target = step_dir.parent / f"{step_dir.name}{DAMAGED_SUFFIX}"
+  n = 1
+  while target.exists():
+    n += 1
+    target = step_dir.parent / f"{step_dir.name}{DAMAGED_SUFFIX}{n}"
+  try:
+    step_dir.rename(target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointDamagedError(
+        f"cannot move the damaged checkpoint {step_dir} aside to {target} ({e}); move or delete "
+        f"it yourself, then re-run.") from None
+  logger.warning("moved the damaged checkpoint %s to %s (not deleted)", step_dir, target)

@@ -17,9 +17,9 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from etils import epath
 import gin
 
+from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.model.config import DecoderConfig
 
@@ -173,12 +173,12 @@ def run_info_from_gin() -> RunInfo:
 
 
 def write_run_info(model_dir: str, info: RunInfo) -> None:
-  path = epath.Path(model_dir) / RUN_INFO_FILE
+  path = paths.resolve(model_dir) / RUN_INFO_FILE
   path.write_text(info.to_json())
 
 
 def read_run_info(model_dir: str) -> RunInfo:
-  path = epath.Path(model_dir) / RUN_INFO_FILE
+  path = paths.resolve(model_dir) / RUN_INFO_FILE
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: {model_dir} was not written by `ul2flan train` (or by an older "

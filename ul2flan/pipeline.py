@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Sequence
 
 import gin
+import jax
 
 from ul2flan import config as config_lib
+from ul2flan import paths
 from ul2flan.demo import evaluate as demo_evaluate
 from ul2flan.demo import report
 from ul2flan.training import trainer
@@ -38,18 +39,19 @@ class StageSpec:
 def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
               model_bindings: Sequence[str] = ()) -> str:
   """Trains one stage (or skips it when finished). Returns the stage directory."""
-  stage_dir = os.path.join(model_dir, spec.name)
-  done = os.path.join(stage_dir, "DONE")
-  if os.path.exists(done):
+  stage_dir = paths.join(model_dir, spec.name)
+  done = paths.resolve(stage_dir) / "DONE"
+  if done.exists():
     logger.info("stage %s: already done, skipping", spec.name)
     return stage_dir
-  logger.info("stage %s: training in %s", spec.name, stage_dir)
+  logger.info("stage %s: training in %s%s", spec.name, stage_dir,
+              f", starting from the params of {spec.init_from}" if spec.init_from else "")
   bindings = [f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'"] if spec.init_from else []
   config_lib.parse_gin(list(model_gin) + list(spec.gin_files),
                        bindings + list(model_bindings) + list(spec.bindings))
   trainer.train(stage_dir, stage_name=spec.name)
-  with open(done, "w") as f:
-    f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+  if jax.process_index() == 0:
+    done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
   return stage_dir
 
 
@@ -74,7 +76,9 @@ def run_pipeline(model_dir: str, *,
   """
   if last_stage is not None and last_stage not in STAGES:
     raise ValueError(f"run_pipeline.last_stage must be one of {STAGES}, got {last_stage!r}")
-  os.makedirs(model_dir, exist_ok=True)
+  model_dir = str(paths.resolve(model_dir))
+  if jax.process_index() == 0:
+    paths.resolve(model_dir).mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   model_gin, base_gin_files, ul2r_gin_files, flan_gin_files = (
       tuple(model_gin), tuple(base_gin_files), tuple(ul2r_gin_files), tuple(flan_gin_files))
@@ -108,7 +112,7 @@ def run_pipeline(model_dir: str, *,
              for name in report.LABELS if name in dirs}
   path = report.write_report(model_dir, dirs, results, eval_settings)
   logger.info("report: %s (total %.0fs)", path, time.time() - t0)
-  print(open(path).read())
+  print(paths.resolve(path).read_text())
   return 0
 
 

@@ -2,7 +2,8 @@
 
 Gin handling follows t5x: `--gin_file=A.gin` (repeatable) and `--gin.NAME=VALUE` bindings, applied
 in order. Configuration and input errors print `error: ...` and exit 2, without a traceback unless
-UL2FLAN_VERBOSE=1.
+UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own exit status:
+75 after a SIGTERM / SIGINT (checkpoint committed: re-run to resume), 3 on divergence.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ul2flan.commands import infer
 from ul2flan.commands import inspect_task
 from ul2flan.commands import pipeline
 from ul2flan.commands import train
+from ul2flan.training import guards
 
 COMMANDS = {
     "train": train,
@@ -46,12 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   logs.setup()
   try:
     return int(COMMANDS[args.command].run(args) or 0)
+  except guards.RunStopped as e:
+    print(f"{type(e).__name__.lower()}: {_without_gin_context(e)}", file=sys.stderr)
+    return e.exit_code
   except (ValueError, FileNotFoundError) as e:
     if logs.verbose():
       raise
-    message = "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_without_gin_context(e)}", file=sys.stderr)
     return 2
+
+
+def _without_gin_context(e: Exception) -> str:
+  """The message, less the line gin appends ("In call to configurable ...")."""
+  return "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
 
 
 if __name__ == "__main__":

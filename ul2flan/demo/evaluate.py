@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import time
 
+import jax
+
+from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.demo import tasks as demo_tasks
 from ul2flan.demo import world
@@ -96,13 +98,14 @@ def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
 
 def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dict) -> dict:
   """Evaluates one checkpoint; results are cached in MODEL_DIR/eval/<name>.json."""
-  out_dir = os.path.join(model_dir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  cache = os.path.join(out_dir, f"{name}.json")
-  if os.path.exists(cache):
-    with open(cache) as f:
-      return json.load(f)
-  logger.info("[eval] %s: %s", name, checkpoint_dir)
+  out_dir = paths.resolve(model_dir) / "eval"
+  cache = out_dir / f"{name}.json"
+  if cache.exists():
+    logger.info("[eval] %s: cached results %s", name, cache)
+    return json.loads(cache.read_text())
+  if jax.process_index() == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  logger.info("[eval] %s: evaluating the checkpoint %s", name, checkpoint_dir)
   t0 = time.time()
   gen = generator_lib.load_generator(checkpoint_dir, batch_size=settings["batch_size"])
   result: dict = {"model": name, "checkpoint": checkpoint_dir, "tasks": {}}
@@ -121,7 +124,7 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
                  "correct": is_correct(p, e["targets"]), "chance": e["chance"],
                  "option_log_likelihoods": ll, "ranked_choice": ranked,
                  "rank_correct": _normalize(ranked) == _normalize(e["targets"])})
-  _write_jsonl(os.path.join(out_dir, f"{name}.heldout.jsonl"), rows)
+  _write_jsonl(out_dir / f"{name}.heldout.jsonl", rows)
   for task in sorted({r["task"] for r in rows}):
     rs = [r for r in rows if r["task"] == task]
     acc = 100.0 * sum(r["correct"] for r in rs) / len(rs)
@@ -146,14 +149,14 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
     text, ok = score_infill(vocabulary, toks, item["gold"])
     infill_rows.append({**item, "completion": vocabulary.decode(list(toks)), "span": text,
                         "correct": ok})
-  _write_jsonl(os.path.join(out_dir, f"{name}.infilling.jsonl"), infill_rows)
+  _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
   result["infilling_accuracy"] = 100.0 * sum(r["correct"] for r in infill_rows) / len(infill_rows)
 
   if settings.get("benchmarks") and settings.get("benchmarks_data_dir"):
-    result["benchmarks"] = _run_benchmarks(gen, settings, os.path.join(out_dir, name))
+    result["benchmarks"] = _run_benchmarks(gen, settings, str(out_dir / name))
   result["eval_seconds"] = time.time() - t0
-  with open(cache, "w") as f:
-    json.dump(result, f, indent=1)
+  if jax.process_index() == 0:
+    cache.write_text(json.dumps(result, indent=1))
   return result
 
 
@@ -163,13 +166,12 @@ def _run_benchmarks(gen, settings, out_dir) -> dict:
     tasks = suite.build_tasks(settings["benchmarks_data_dir"], benchmark=bench, mode="both")
     cfg = harness.HarnessConfig(batch_size=settings["batch_size"],
                                 max_examples_per_subtask=settings["benchmark_max_examples"],
-                                output_dir=os.path.join(out_dir, bench))
+                                output_dir=paths.join(out_dir, bench))
     summary = harness.run_suite(gen, tasks, cfg)
     scores[bench] = summary
   return scores
 
 
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-  with open(path, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
+def _write_jsonl(path, rows: list[dict]) -> None:
+  if jax.process_index() == 0:
+    paths.resolve(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

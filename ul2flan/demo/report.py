@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
+import jax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ul2flan import paths
 from ul2flan.training.metrics import read_metrics
 
 LABELS = {"base": "base (causal LM)", "ul2r": "U-base (UL2R)", "flan_base": "Flan-base",
@@ -20,14 +20,20 @@ def _figure(ncols: int, figsize: tuple[float, float]):
   return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
+def _save(fig, path: str) -> str:
+  with paths.resolve(path).open("wb") as f:  # any filesystem epath reaches
+    fig.savefig(f, format="png", dpi=100)
+  return path
+
+
 def _plot_curves(model_dir: str, dirs: dict) -> str | None:
-  stages = [(n, d) for n, d in dirs.items() if os.path.exists(os.path.join(d, "metrics.jsonl"))]
+  stages = [(n, d) for n, d in dirs.items() if (paths.resolve(d) / "metrics.jsonl").exists()]
   if not stages:
     return None
   fig, axes = _figure(len(stages), (4 * len(stages), 3.2))
   for ax, (name, d) in zip(axes, stages):
-    train = read_metrics(os.path.join(d, "metrics.jsonl"))
-    ev = read_metrics(os.path.join(d, "metrics_eval.jsonl"))
+    train = read_metrics(paths.resolve(d) / "metrics.jsonl")
+    ev = read_metrics(paths.resolve(d) / "metrics_eval.jsonl")
     ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="train")
     if ev:
       ax.plot([m["step"] for m in ev], [m["loss"] for m in ev], "o-", label="validation")
@@ -36,9 +42,7 @@ def _plot_curves(model_dir: str, dirs: dict) -> str | None:
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
   fig.tight_layout()
-  path = os.path.join(model_dir, "training_curves.png")
-  fig.savefig(path, dpi=100)
-  return path
+  return _save(fig, paths.join(model_dir, "training_curves.png"))
 
 
 def _plot_comparison(model_dir: str, results: dict) -> str:
@@ -56,9 +60,7 @@ def _plot_comparison(model_dir: str, results: dict) -> str:
   ax.set_ylabel("accuracy (%)")
   ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(metrics), fontsize="small")
   fig.tight_layout()
-  path = os.path.join(model_dir, "comparison.png")
-  fig.savefig(path, dpi=100)
-  return path
+  return _save(fig, paths.join(model_dir, "comparison.png"))
 
 
 def _mean_acc(r: dict, key: str) -> float:
@@ -67,6 +69,10 @@ def _mean_acc(r: dict, key: str) -> float:
 
 
 def write_report(model_dir: str, dirs: dict, results: dict, settings: dict) -> str:
+  """Writes MODEL_DIR/report.md and its plots (on process 0); returns the report's path."""
+  path = paths.join(model_dir, "report.md")
+  if jax.process_index() != 0:
+    return path
   models = [m for m in LABELS if m in results]
   tasks = sorted({t for m in models for t in results[m]["tasks"]})
   short = [t.replace("demo_heldout_", "") for t in tasks]
@@ -97,14 +103,12 @@ def write_report(model_dir: str, dirs: dict, results: dict, settings: dict) -> s
   comp = _plot_comparison(model_dir, results) if models else None
   lines += ["", "## Plots", ""]
   if curves:
-    lines.append(f"![training curves]({os.path.basename(curves)})")
+    lines.append(f"![training curves]({paths.resolve(curves).name})")
   if comp:
-    lines.append(f"![comparison]({os.path.basename(comp)})")
+    lines.append(f"![comparison]({paths.resolve(comp).name})")
   lines += ["", "Per-example predictions: `eval/<model>.heldout.jsonl`, "
             "`eval/<model>.infilling.jsonl`."]
-  path = os.path.join(model_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.resolve(path).write_text("\n".join(lines) + "\n")
   return path
 
 

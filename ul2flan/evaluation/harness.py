@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ul2flan import paths
 from ul2flan.evaluation import common
 from ul2flan.evaluation import scoring
 
@@ -204,12 +204,12 @@ def summarize(task: common.EvalTask, records: list[dict[str, Any]]) -> dict[str,
 
 
 def write_predictions(output_dir: str, task_name: str, records: list[dict[str, Any]]) -> str:
-  os.makedirs(output_dir, exist_ok=True)
-  path = os.path.join(output_dir, f"{task_name}.predictions.jsonl")
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  return path
+  out = paths.resolve(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / f"{task_name}.predictions.jsonl"
+  path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                  encoding="utf-8")
+  return str(path)
 
 
 def run_suite(generator: Generator, tasks: Sequence[common.EvalTask],
@@ -233,9 +233,10 @@ def run_suite(generator: Generator, tasks: Sequence[common.EvalTask],
       "config": _config_summary(config),
   }
   if config.output_dir:
-    os.makedirs(config.output_dir, exist_ok=True)
-    with open(os.path.join(config.output_dir, "results.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2, ensure_ascii=False)
+    out = paths.resolve(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False),
+                                      encoding="utf-8")
   return summary
 
 

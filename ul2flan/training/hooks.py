@@ -2,7 +2,8 @@
 
 The loop calls `Hooks.run(info)` after every step; each hook runs when `info.step` is a multiple
 of its period, and on the last step. Hooks: metrics logging (+ progress bar), periodic
-teacher-forced evaluation, checkpointing and profiling. A `Stopwatch` lets a hook keep its own
+teacher-forced evaluation, checkpointing, profiling, and the divergence and preemption checks of
+`ul2flan.training.guards`. A `Stopwatch` lets a hook keep its own
 time (evaluation, a blocking save) out of the throughput the metrics hook reports.
 """
 
@@ -71,7 +72,10 @@ class Hooks:
 
 class MetricsLogger:
   """Accumulates step metrics on device; every period fetches them, adds throughput and MFU,
-  writes them (clu writer) and updates the progress bar. `accumulate` runs every step."""
+  writes them (clu writer) and updates the progress bar. `accumulate` runs every step.
+  Counts (`SUMMED`) are summed over the logged window; everything else is averaged."""
+
+  SUMMED = frozenset({"nonfinite_steps"})
 
   def __init__(self, writer, *, tokens_per_step: int, flops_per_token: float,
                peak_flops: float, stopwatch: Stopwatch, progress_bar=None):
@@ -94,7 +98,8 @@ class MetricsLogger:
       return
     fetched = jax.device_get(self.pending)
     elapsed = max(self.stopwatch.elapsed(), 1e-9)
-    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    scalars = {k: float((np.sum if k in self.SUMMED else np.mean)([m[k] for m in fetched]))
+               for k in fetched[-1]}
     scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
     tokens_per_second = self.tokens_per_step * len(fetched) / elapsed
     scalars.update(step_time=elapsed / len(fetched), tokens_per_second=tokens_per_second,

@@ -2,7 +2,9 @@
 
 `metrics.jsonl` holds one JSON object per logged step. A resumed run first drops the rows past
 the step it resumed from (written before a checkpoint that never committed), so no step appears
-twice.
+twice. Both files go through epath, so a `gs://` model dir works: object stores cannot append, so
+there the jsonl file is rewritten whole at each flush, and TensorBoard events (tensorboardX) are
+written through an epath file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Any, Mapping
 from clu import metric_writers
 from etils import epath
 import jax
+import tensorboardX
+from tensorboardX import record_writer
+
+from ul2flan import paths
 
 
 def metrics_path(model_dir: str, subdir: str = "train") -> epath.Path:
@@ -25,14 +31,23 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def __init__(self, path: epath.Path, resume_step: int = 0):
     self.path = epath.Path(path)
+    self.append = not paths.is_url(self.path)
+    self.lines: list[str] = []  # what the file holds (kept only where it is rewritten whole)
     if self.path.exists():  # forget rows of steps that will be trained again
       rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+      self.lines = [json.dumps(r) + "\n" for r in rows]
+      self.path.write_text("".join(self.lines))
+    if self.append:
+      self.lines = []
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    if self.append:
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -62,6 +77,74 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
+class _EpathRecordFiles:
+  """tensorboardX's hook for URL schemes: its event files opened through epath."""
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+  def open(self, path: str):
+    return _RemoteFile(epath.Path(path).open("wb"))
+
+
+class _RemoteFile:
+  """write / flush / close only: tensorboardX fsyncs anything that has a `fileno`."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def write(self, data: bytes) -> None:
+    self.f.write(data)
+
+  def flush(self) -> None:
+    self.f.flush()
+
+  def close(self) -> None:
+    self.f.close()
+
+
+for _scheme in ("gs", "s3", "az"):
+  record_writer.register_writer_factory(_scheme, _EpathRecordFiles())
+
+
+class TensorBoardWriter(metric_writers.MetricWriter):
+  """Scalars as TensorBoard event files under `logdir` (local or a URL)."""
+
+  def __init__(self, logdir: str):
+    self.writer = tensorboardX.SummaryWriter(logdir, flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    for k, v in scalars.items():
+      self.writer.add_scalar(k, float(v), int(step))
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    self.writer.flush()
+
+  def close(self):
+    self.writer.close()
+
+
 def create_writer(model_dir: str, subdir: str = "train",
                   resume_step: int = 0) -> metric_writers.MetricWriter:
   """jsonl + TensorBoard (under MODEL_DIR/tensorboard/<subdir>) on process 0; nothing elsewhere."""
@@ -70,12 +153,24 @@ def create_writer(model_dir: str, subdir: str = "train",
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   return metric_writers.MultiWriter([
       JsonlWriter(metrics_path(model_dir, subdir), resume_step),
-      metric_writers.SummaryWriter(str(epath.Path(model_dir) / "tensorboard" / subdir)),
+      TensorBoardWriter(paths.join(model_dir, "tensorboard", subdir)),
   ])
 
 
 def read_metrics(path: str | epath.Path) -> list[dict]:
+  """The rows of a metrics file; a last line cut off mid-write (a killed run) is left out."""
   path = epath.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = path.read_text().splitlines(keepends=True)
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i == len(lines) - 1 and not line.endswith("\n"):
+        break
+      raise ValueError(f"{path}, line {i + 1}, is not a JSON object: {line[:200]!r}") from None
+  return rows

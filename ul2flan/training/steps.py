@@ -34,7 +34,7 @@ class StepBuilder:
 
   def __init__(self, model_config: DecoderConfig, partitioner: partitioning.Partitioner,
                tx: optax.GradientTransformation, schedule: optax.Schedule, *, seed: int,
-               z_loss: float, num_microbatches: int):
+               z_loss: float, num_microbatches: int, skip_nonfinite: bool = False):
     self.config = model_config
     self.model = decoder_lib.Decoder(model_config)
     self.partitioner = partitioner
@@ -43,6 +43,10 @@ class StepBuilder:
     self.seed = seed
     self.z_loss = z_loss
     self.num_microbatches = num_microbatches
+    # A step whose loss or gradient norm is not finite keeps the previous params and optimizer
+    # state (the update is dropped); otherwise it is applied and the caller stops the run.
+    self.skip_nonfinite = skip_nonfinite
+    self._all_finite = None
 
     self.abstract_params = decoder_lib.abstract_params(model_config, partitioner)
     self.param_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_params)
@@ -116,12 +120,30 @@ class StepBuilder:
     grads, (nll, z, correct) = self._gradients(state.params, batch, rng, total_weight)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    loss, grad_norm = nll / total_weight, optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if self.skip_nonfinite:
+      keep_old = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree.map(keep_old, params, state.params)
+      opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
     metrics = {
-        "loss": nll / total_weight, "z_loss": z / total_weight,
+        "loss": loss, "z_loss": z / total_weight,
         "accuracy": correct / total_weight, "learning_rate": self.schedule(state.step),
-        "grad_norm": optax.global_norm(grads), "loss_weight": total_weight,
+        "grad_norm": grad_norm, "loss_weight": total_weight,
+        "nonfinite_steps": 1.0 - finite.astype(jnp.float32),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def all_finite(self, state: TrainState) -> bool:
+    """Whether every param and optimizer leaf is finite (checked before each save)."""
+    if self._all_finite is None:
+      def check(params, opt_state):
+        leaves = [x for x in jax.tree.leaves((params, opt_state))
+                  if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+      self._all_finite = jax.jit(check, out_shardings=self.partitioner.replicated())
+    with self.partitioner.activation_context():
+      return bool(self._all_finite(state.params, state.opt_state))
 
   def eval_step(self, params, batch) -> dict:
     nll, z, correct = self._loss_sums(params, batch, jax.random.key(0), False)
