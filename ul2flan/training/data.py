@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from typing import Iterator, Mapping
 
 import gin
@@ -65,6 +66,18 @@ class DatasetConfig:
   module: str | None = None  # imported before the task is looked up (MIXTURE_OR_TASK_MODULE)
   num_data_shards: int | None = None  # default: one per process
   repeat: bool = True
+
+
+class InputPipelineError(ValueError):
+  """The input pipeline failed while producing a batch (malformed data, unreadable file, ...)."""
+
+
+def pipeline_error_message(error: tf.errors.OpError) -> str:
+  """The useful line of a tf.data error: the Python error raised in the pipeline, if any."""
+  first = re.split(r"\nTraceback|\n\s*\[\[|\s\[Op:", error.message)[0]
+  raised = re.search(r"(?:^|[\s:}])([\w.]*(?:Error|Exception): .*)", first, re.S)
+  text = raised.group(1) if raised else re.sub(r"\{\{[^}]*\}\}\s*", "", first)
+  return text.strip() or type(error).__name__
 
 
 def import_task_module(module: str | None) -> None:
@@ -126,9 +139,22 @@ class HostIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    parts = [next(it) for it in self._iters]  # StopIteration ends a finite (eval) pass
+    failure = None
+    try:
+      parts = [next(it) for it in self._iters]  # StopIteration ends a finite (eval) pass
+    except tf.errors.OpError as e:  # bad data; OutOfRange arrives as StopIteration
+      failure = pipeline_error_message(e)
+    if failure is not None:  # raised here, not in `except`: nothing keeps the iterators alive
+      self.close()
+      raise InputPipelineError(
+          f"the input pipeline of {self.cfg.mixture_or_task_name!r} (split {self.cfg.split!r}) "
+          f"failed at batch {self.position + 1}: {failure}")
     self.position += 1
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
   def state(self) -> dict[str, int]:
     return {"batches_consumed": self.position}
+
+  def close(self) -> None:
+    """Drops the tf.data iterators now (their threads end while the interpreter is alive)."""
+    self._iters, self._datasets = [], []
