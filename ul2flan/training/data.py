@@ -23,7 +23,36 @@ import seqio
 import tensorflow as tf
 
 
-class CausalPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+class PrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+  """seqio's prefix LM (inputs + targets concatenated, then packed), checked per decoder row.
+
+  `task_feature_lengths` {"inputs": I, "targets": T} means rows of I + T tokens. seqio's check
+  wants each feature within its own length; here an example passes when its inputs and targets
+  together fit the row, as UL2 examples sized with `fill_rows` do (an R example at 1024 + 1024
+  has ~1680 inputs and ~370 targets tokens). An example longer than the row is an error, never
+  silently cut.
+  """
+
+  def __init__(self, *args, **kwargs):
+    kwargs["apply_length_check"] = False  # seqio's per-feature check; the row is checked below
+    super().__init__(*args, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    row = sum(task_feature_lengths.values())
+
+    def check_row(ex):
+      length = tf.size(ex["inputs"]) + tf.size(ex["targets"])
+      fits = tf.debugging.assert_less_equal(
+          length, row, message=f"an example's inputs + targets exceed the {row}-token row of "
+                               f"task_feature_lengths {dict(task_feature_lengths)}")
+      with tf.control_dependencies([fits]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    ds = ds.map(check_row, num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, task_feature_lengths)
+
+
+class CausalPrefixLMFeatureConverter(PrefixLMFeatureConverter):
   """PrefixLM layout (inputs + targets concatenated, loss on targets only) with causal attention.
 
   For instruction-tuning a model that stays a causal LM (Flan-PaLM from PaLM, as opposed to
@@ -45,7 +74,7 @@ class CausalPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
 
 FEATURE_CONVERTERS = {
     "lm": seqio.DecoderFeatureConverter,  # causal LM on `targets`
-    "prefix_lm": seqio.PrefixLMFeatureConverter,  # inputs bidirectional, loss on targets
+    "prefix_lm": PrefixLMFeatureConverter,  # inputs bidirectional, loss on targets
     "prefix_lm_causal": CausalPrefixLMFeatureConverter,  # same layout, causal attention
 }
 
