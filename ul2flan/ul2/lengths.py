@@ -3,8 +3,9 @@
 Plain Python; the tf.data graph (`ul2flan.ul2.preprocessors`) uses the same float64 formulas.
 With `fill_rows` (the default) a segment is the longest whose inputs + targets, mode token and both
 EOS included, fit one decoder row of inputs_length + targets_length tokens; without it, inputs and
-targets must each fit their own length. A mixture that can need more spans than there are sentinels is rejected here, when its task is
-defined, unless `cap_spans=True` asks for fewer, longer spans.
+targets must each fit their own length. A mixture that can need more spans than there are
+sentinels is rejected here, when its task is defined, unless `cap_spans=True` asks for fewer,
+longer spans.
 """
 
 from __future__ import annotations

@@ -299,6 +299,7 @@ def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
 
 
 def ul2_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  """Prefix-LM features (`ul2flan.training.data.PrefixLMFeatureConverter`); `denoiser` rides along."""
+  """Prefix-LM features (for `ul2flan.training.data.PrefixLMFeatureConverter`); `denoiser` rides
+  along."""
   return {"inputs": seqio.Feature(vocabulary, add_eos=True),
           "targets": seqio.Feature(vocabulary, add_eos=True)}
