@@ -6,12 +6,16 @@ uses, into rows of inputs_length + targets_length tokens:
 - identity: text -> tokens -> `LMFeatureConverter(pack=True)` (what causal pre-training reads);
 - concat: text -> tokens -> documents concatenated and cut to the row length -> the same converter
   (isolates tokenization: UL2R / concat is the cost of the denoisers alone);
-- UL2R: text -> tokens -> mixture of denoisers -> `PrefixLMFeatureConverter(pack=True)`.
+- UL2R: text -> tokens -> mixture of denoisers (segments sized to fill decoder rows) -> the
+  trainer's `PrefixLMFeatureConverter(pack=True)`;
+- UL2R-pf: the same with segments sized per feature (`fill_rows=False`, T5's encoder-decoder
+  sizing, what ul2flan did before): the padding that row filling removes.
 
 Reported per pipeline: packed rows/s, examples/s (before packing), non-pad tokens/s (text,
 sentinels, mode tokens, EOS) and row tokens/s (rows x row length, what the trainer consumes).
 Targets: UL2R / identity >= 0.5x on non-pad tokens/s; UL2R row tokens/s >= 10x the trainer's
-tokens/s (pass --trainer_tokens_per_second).
+tokens/s (pass --trainer_tokens_per_second). The trainer's gain from row filling is the ratio of
+non-pad shares (it trains on rows, whatever they hold): (1 - padding UL2R) / (1 - padding UL2R-pf).
 
   python benchmarks/ul2r_pipeline.py [--corpus demo] [--inputs_length 1024 --targets_length 1024]
 """
@@ -27,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from ul2flan import vocabularies as vocab_lib
+from ul2flan.training import data
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import preprocessors
 from ul2flan.ul2 import sources as corpus_sources
@@ -123,7 +128,10 @@ def main(argv=None) -> int:
   mixture = denoisers.get_preset(args.preset, inputs_length=args.inputs_length,
                                  targets_length=args.targets_length)
   ul2_task = ul2_tasks.register_ul2_task("bench_ul2r", source, mixture, vocabulary,
-                                              overwrite=True)
+                                         overwrite=True)
+  per_feature_task = ul2_tasks.register_ul2_task(
+      "bench_ul2r_pf", source, dataclasses.replace(mixture, fill_rows=False), vocabulary,
+      overwrite=True)
   print(f"corpus {args.corpus!r}, preset {args.preset}, rows of {args.inputs_length} + "
         f"{args.targets_length} tokens, batches of {args.batch_size}, {args.seconds:g} s per "
         f"pipeline, tf.data defaults (AUTOTUNE)")
@@ -134,14 +142,21 @@ def main(argv=None) -> int:
   concat = _measure(_lm_task("bench_concat", source, vocabulary, concatenate=True),
                     seqio.LMFeatureConverter(pack=True), lm_lengths, args)
   _print("concat", concat)
-  ul2r = _measure(ul2_task, seqio.PrefixLMFeatureConverter(pack=True),
-                  {"inputs": args.inputs_length, "targets": args.targets_length}, args)
+  prefix_lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  ul2r = _measure(ul2_task, data.PrefixLMFeatureConverter(pack=True), prefix_lengths, args)
   _print(args.preset, ul2r)
+  per_feature = _measure(per_feature_task, data.PrefixLMFeatureConverter(pack=True),
+                         prefix_lengths, args)
+  _print(f"{args.preset}-pf", per_feature)
   ratio = ul2r.nonpad_tokens_per_s / identity.nonpad_tokens_per_s
   print(f"{args.preset} / identity: non-pad tokens/s {ratio:.2f}x (target >= 0.5x), "
         f"rows/s {ul2r.rows_per_s / identity.rows_per_s:.2f}x")
   print(f"{args.preset} / concat (denoising cost alone): non-pad tokens/s "
         f"{ul2r.nonpad_tokens_per_s / concat.nonpad_tokens_per_s:.2f}x")
+  print(f"row filling: padding {per_feature.padding:.1%} -> {ul2r.padding:.1%}; text tokens per "
+        f"trained row {(1 - ul2r.padding) / (1 - per_feature.padding):.2f}x (the trainer's "
+        f"tokens/s gain); pipeline non-pad tokens/s "
+        f"{ul2r.nonpad_tokens_per_s / per_feature.nonpad_tokens_per_s:.2f}x")
   if args.trainer_tokens_per_second:
     supply = ul2r.row_tokens_per_s / args.trainer_tokens_per_second
     print(f"{args.preset} row tokens/s / trainer tokens/s: {supply:.1f}x (target >= 10x)")

@@ -196,7 +196,7 @@ def test_register_ul2_task_over_jsonl_files(tmp_path):
   assert len(examples) > 50
   names = {d.name for d in denoisers.ul2r_preset().denoisers}
   assert {e["denoiser"].decode() for e in examples} == names
-  assert all(len(e["inputs"]) <= 128 and len(e["targets"]) <= 128 for e in examples)
+  assert all(len(e["inputs"]) + len(e["targets"]) <= 256 for e in examples)
   assert ul2_tasks.task_mixture("test_jsonl_ul2r").inputs_length == 128
   with pytest.raises(ValueError, match="already registered"):
     ul2_tasks.register_ul2_task("test_jsonl_ul2r", "demo")

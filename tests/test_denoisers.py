@@ -35,30 +35,24 @@ def corpus_tokens(vocabulary):
   return [vocabulary.encode(doc) for doc in world.corpus_documents("train", num_documents=6000)]
 
 
-def reference_streams(doc_tokens):
-  """Docs concatenated in complete groups of DOCS_PER_GROUP (a partial last group is left out)."""
-  for g in range(0, len(doc_tokens) - DOCS_PER_GROUP + 1, DOCS_PER_GROUP):
-    yield [t for doc in doc_tokens[g:g + DOCS_PER_GROUP] for t in doc]
+def reference_stream(doc_tokens):
+  """All documents concatenated, in order: segments continue across the cutter's groups."""
+  return [t for doc in doc_tokens for t in doc]
 
 
 def reference_chunks(doc_tokens, chunk_length):
-  """Each group stream cut every `chunk_length` tokens (a 1-token last piece makes no example)."""
-  for stream in reference_streams(doc_tokens):
-    for start in range(0, len(stream), chunk_length):
-      chunk = stream[start:start + chunk_length]
-      if len(chunk) >= 2:
-        yield chunk
+  """The stream cut every `chunk_length` tokens (whole chunks of the tokenized prefix only)."""
+  stream = reference_stream(doc_tokens)
+  for start in range(0, len(stream) - chunk_length + 1, chunk_length):
+    yield stream[start:start + chunk_length]
 
 
-def assert_segments_tile_the_streams(segments, doc_tokens):
-  """Segments, in order, are consecutive pieces of the group streams: no text skipped or reused."""
-  streams = reference_streams(doc_tokens)
-  stream, position = next(streams), 0
+def assert_segments_tile_the_stream(segments, doc_tokens):
+  """Segments, in order, are consecutive pieces of the stream: no text skipped or reused."""
+  stream, position = reference_stream(doc_tokens), 0
   for checked, segment in enumerate(segments):
-    if position >= len(stream) - 1:  # the group is used up (a 1-token rest makes no example)
-      stream, position = next(streams, None), 0
-      if stream is None:
-        return checked  # past the tokenized prefix of the corpus
+    if position + len(segment) > len(stream):
+      return checked  # past the tokenized prefix of the corpus
     assert segment == stream[position:position + len(segment)]
     position += len(segment)
   return len(segments)
@@ -72,15 +66,26 @@ def ref_spans(noise, mu):
   return max(1, round(noise / mu))
 
 
-def ref_longest_segment(mu, rate, inputs_room, targets_room):
-  """Largest L: non-noise + one sentinel per span <= inputs room, noise + sentinels <= targets."""
+def ref_longest_segment(mu, rate, inputs_room, targets_room, fill_rows):
+  """Largest L: with `fill_rows` non-noise + noise + two sentinels per span <= both rooms
+  together; else non-noise + one sentinel per span <= inputs room, noise + sentinels <= targets."""
   best = None
   for length in range(2, inputs_room + targets_room + 1):
     noise = ref_noise(length, rate)
     spans = ref_spans(noise, mu)
-    if length - noise + spans <= inputs_room and noise + spans <= targets_room:
+    inputs, targets = length - noise + spans, noise + spans
+    if (inputs + targets <= inputs_room + targets_room if fill_rows
+        else inputs <= inputs_room and targets <= targets_room):
       best = length
   return best
+
+
+def fits(ex, inputs_length, targets_length, fill_rows=True):
+  """The example fits the decoder row (fill_rows), or each feature its own length."""
+  n_in, n_tgt = len(ex["inputs"]), len(ex["targets"])
+  if fill_rows:
+    return n_in + n_tgt <= inputs_length + targets_length
+  return n_in <= inputs_length and n_tgt <= targets_length
 
 
 def examples_of(mixture, num, *, seed=0, split="train", shard_info=None, sequence_length=None):
@@ -123,23 +128,27 @@ def parse_span_example(ex, mode_len, vocab_size, num_sentinels=100):
 # ------------------------------------------------------------------------------------------------
 # R / X span corruption.
 
-SPAN_CASES = [  # (kind, mu, r, inputs_length, targets_length, examples)
-    ("R", 3, 0.15, 512, 512, 300),
-    ("X", 32, 0.5, 512, 512, 300),
-    ("X", 3, 0.5, 256, 256, 400),
+SPAN_CASES = [  # (kind, mu, r, inputs_length, targets_length, fill_rows, examples)
+    ("R", 3, 0.15, 512, 512, True, 300),
+    ("X", 32, 0.5, 512, 512, True, 300),
+    ("X", 3, 0.5, 256, 256, True, 400),
+    ("R", 3, 0.15, 512, 512, False, 300),  # T5's per-feature sizing
 ]
 
 
-@pytest.fixture(scope="module", params=SPAN_CASES, ids=lambda c: f"{c[0]}({c[1]},{c[2]})")
+@pytest.fixture(scope="module", params=SPAN_CASES,
+                ids=lambda c: f"{c[0]}({c[1]},{c[2]}){'' if c[5] else '-per-feature'}")
 def span_case(request, vocabulary, corpus_tokens):
-  kind, mu, rate, inputs_length, targets_length, num = request.param
+  kind, mu, rate, inputs_length, targets_length, fill_rows, num = request.param
   d = denoisers.Denoiser(kind, 1.0, "[NLU]" if kind == "R" else "[NLG]", mu, rate)
   mode_len = len(vocabulary.encode(d.mode_token))
-  segment_length = ref_longest_segment(mu, rate, inputs_length - 1 - mode_len, targets_length - 1)
+  segment_length = ref_longest_segment(mu, rate, inputs_length - 1 - mode_len, targets_length - 1,
+                                       fill_rows)
   chunks = list(reference_chunks(corpus_tokens, segment_length))[:num]
-  examples = examples_of(single(d, inputs_length, targets_length), len(chunks))
+  examples = examples_of(single(d, inputs_length, targets_length, fill_rows=fill_rows),
+                         len(chunks))
   return dict(d=d, mode_len=mode_len, segment_length=segment_length, chunks=chunks,
-              examples=examples, lengths=(inputs_length, targets_length))
+              examples=examples, lengths=(inputs_length, targets_length), fill_rows=fill_rows)
 
 
 def test_span_corruption_reconstructs_each_segment_exactly(span_case, vocabulary):
@@ -183,19 +192,24 @@ def test_sentinels_are_distinct_in_range_and_in_order(span_case, vocabulary):
 
 def test_segments_use_the_longest_length_that_fits_and_respect_budgets(span_case, vocabulary):
   inputs_length, targets_length = span_case["lengths"]
-  full = [len(c) == span_case["segment_length"] for c in span_case["chunks"]]
-  assert sum(full) > 0.9 * len(full)
+  assert all(len(c) == span_case["segment_length"] for c in span_case["chunks"])
   mode_ids = vocabulary.encode(span_case["d"].mode_token)
   for ex in span_case["examples"]:
-    assert len(ex["inputs"]) <= inputs_length and len(ex["targets"]) <= targets_length
+    assert fits(ex, inputs_length, targets_length, span_case["fill_rows"])
     assert ex["inputs"][:len(mode_ids)].tolist() == mode_ids
   # One more token would not fit: the budget is used as fully as the definition allows.
   longer = span_case["segment_length"] + 1
   d = span_case["d"]
   noise = ref_noise(longer, d.corruption_rate)
   spans = ref_spans(noise, d.mean_span_length)
-  assert (longer - noise + spans + span_case["mode_len"] + 1 > inputs_length
-          or noise + spans + 1 > targets_length)
+  inputs, targets = longer - noise + spans + span_case["mode_len"] + 1, noise + spans + 1
+  if span_case["fill_rows"]:
+    assert inputs + targets > inputs_length + targets_length
+    # ... and the row is full: what is left is less than the 3 tokens one more text token costs
+    used = [len(ex["inputs"]) + len(ex["targets"]) for ex in span_case["examples"]]
+    assert min(used) >= inputs_length + targets_length - 2
+  else:
+    assert inputs > inputs_length or targets > targets_length
 
 
 def uniform_composition_marginal(total, parts):
@@ -244,7 +258,7 @@ def test_random_roll_keeps_reconstruction_and_sentinel_budget(vocabulary, corpus
     segment, input_order, target_order, _ = parse_span_example(ex, mode_len, vocabulary.vocab_size)
     assert segment == chunk
     assert input_order == target_order
-    assert len(ex["inputs"]) <= 256 and len(ex["targets"]) <= 256
+    assert fits(ex, 256, 256)
     starts_with_noise += ex["inputs"][mode_len] >= vocabulary.vocab_size - 100
   assert 0.2 < starts_with_noise / len(examples) < 0.8  # about the noise fraction of positions
 
@@ -252,30 +266,32 @@ def test_random_roll_keeps_reconstruction_and_sentinel_budget(vocabulary, corpus
 # ------------------------------------------------------------------------------------------------
 # S (prefix LM).
 
-@pytest.mark.parametrize("target_fraction", [None, 0.25])
+@pytest.mark.parametrize("target_fraction, fill_rows", [(None, True), (0.25, True), (0.25, False)])
 def test_prefix_lm_reconstructs_and_follows_the_target_fraction(
-    target_fraction, vocabulary, corpus_tokens):
+    target_fraction, fill_rows, vocabulary, corpus_tokens):
   inputs_length, targets_length = 128, 128
   d = denoisers.Denoiser("S", 1.0, "[S2S]", target_fraction=target_fraction)
   mode = vocabulary.encode("[S2S]")
-  examples = examples_of(single(d, inputs_length, targets_length), 1500)
+  examples = examples_of(single(d, inputs_length, targets_length, fill_rows=fill_rows), 1500)
   fractions, rounding_errors, segments = [], [], []
   for ex in examples:
     inputs, targets = ex["inputs"].tolist(), ex["targets"].tolist()
     assert inputs[:len(mode)] == mode and inputs[-1] == EOS and targets[-1] == EOS
-    assert len(inputs) <= inputs_length and len(targets) <= targets_length
+    assert fits(ex, inputs_length, targets_length, fill_rows)
     prefix, rest = inputs[len(mode):-1], targets[:-1]
     assert prefix and rest
     segments.append(prefix + rest)  # no sentinel anywhere
     fractions.append(len(rest) / (len(prefix) + len(rest)))
     if target_fraction is not None:
       rounding_errors.append(abs(len(rest) - target_fraction * (len(prefix) + len(rest))))
-  assert assert_segments_tile_the_streams(segments, corpus_tokens) == len(segments)
-  if target_fraction is not None:  # every segment but a group's last is the longest that fits
+  assert assert_segments_tile_the_stream(segments, corpus_tokens) == len(segments)
+  if fill_rows:  # every segment fills the row: its text, the mode token and two EOS
+    longest = inputs_length + targets_length - 2 - len(mode)
+  else:  # the longest whose prefix and rest fit their own lengths
     longest = min(math.floor((inputs_length - 1 - len(mode)) / (1 - target_fraction)),
                   math.floor((targets_length - 1) / target_fraction))
-    lengths = collections.Counter(len(seg) for seg in segments)
-    assert lengths.most_common(1)[0][0] == longest and max(lengths) == longest
+  if fill_rows or target_fraction is not None:
+    assert set(len(seg) for seg in segments) == {longest}
   fractions = np.sort(fractions)
   if target_fraction is None:  # Kolmogorov-Smirnov distance to U(0, 1), plus rounding slack
     n = len(fractions)
@@ -307,7 +323,7 @@ def test_mixture_shares_match_rates_and_mode_tokens_match(ul2r_examples, vocabul
     d = by_name[ex["denoiser"].decode()]
     mode = vocabulary.encode(d.mode_token)
     assert ex["inputs"][:len(mode)].tolist() == mode
-    assert len(ex["inputs"]) <= 128 and len(ex["targets"]) <= 128
+    assert fits(ex, 128, 128)
     has_sentinel = np.any(ex["inputs"] >= vocabulary.vocab_size - 100)
     assert has_sentinel == d.is_span_corruption
 
@@ -324,7 +340,7 @@ def test_mixture_segments_tile_the_corpus_without_dropping_text(ul2r_examples, v
       segments.append(parse_span_example(ex, mode_len, vocabulary.vocab_size)[0])
     else:
       segments.append(ex["inputs"].tolist()[mode_len:-1] + ex["targets"].tolist()[:-1])
-  assert assert_segments_tile_the_streams(segments, corpus_tokens) > 2000
+  assert assert_segments_tile_the_stream(segments, corpus_tokens) > 2000
 
 
 def test_denoiser_is_chosen_per_example_not_per_block(ul2r_examples):
@@ -378,7 +394,7 @@ def test_cap_spans_uses_fewer_longer_spans_within_the_sentinels(vocabulary, corp
     segment, input_order, _, span_lengths = parse_span_example(ex, mode_len, vocabulary.vocab_size)
     assert segment == chunk
     assert len(input_order) <= 100
-    assert len(ex["inputs"]) <= 1024 and len(ex["targets"]) <= 1024
+    assert fits(ex, 1024, 1024)
   assert np.mean(span_lengths) > 3  # longer spans than configured: the cap is in force
 
 
@@ -394,9 +410,7 @@ def test_vocabulary_without_extra_ids_uses_its_last_100_ids():
 def test_runtime_sequence_length_replaces_the_registered_lengths(vocabulary):
   examples = examples_of(denoisers.ul2r_preset(128, 128), 200,
                          sequence_length={"inputs": 64, "targets": 32})
-  assert max(len(e["inputs"]) for e in examples) <= 64
-  assert max(len(e["targets"]) for e in examples) <= 32
-  assert max(len(e["targets"]) for e in examples) == 32
+  assert {len(e["inputs"]) + len(e["targets"]) for e in examples} <= {94, 95, 96}  # full rows
 
 
 @pytest.mark.parametrize("kwargs, message", [

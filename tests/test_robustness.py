@@ -156,7 +156,8 @@ def test_damaged_latest_step_is_named_then_fallback_on_request(tmp_path, good_ru
   assert os.path.isdir(step_dir)  # untouched
 
   state, position, how = _resume(d, fallback_to_intact=True)
-  assert how == "resumed from step 2" and int(state.step) == 2 and position == 2
+  assert how == "resumed from step 2" and int(state.step) == 2
+  assert position["batches_consumed"] == 2
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), _saved(d, 2))
   # The damaged step is kept aside, not deleted.
   assert not os.path.exists(step_dir) and os.path.isdir(step_dir + checkpoints.DAMAGED_SUFFIX)

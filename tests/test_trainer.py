@@ -70,6 +70,7 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
   r = run_cli(args + [f"--gin.TRAIN_STEPS={2 * STEPS}"], env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from step 6" in r.stderr
+  assert "restored the iterator state at batch 6 (no replay)" in r.stderr
   np.testing.assert_allclose(_losses(resumed), _losses(straight), rtol=1e-5)
   (s1, p1), (s2, p2) = _final_params(straight), _final_params(resumed)
   assert s1 == s2 == 2 * STEPS

@@ -19,6 +19,7 @@ from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import lengths as ul2_lengths
 from ul2flan.ul2 import preprocessors
 from ul2flan.commands import inspect_task
+from ul2flan.training import data
 from ul2flan import vocabularies as vocab_lib
 
 EOS = 1
@@ -50,7 +51,8 @@ def test_demo_ul2r_fits_the_demo_lengths_with_mode_tokens(ul2r_examples, vocabul
     kind = ex["denoiser"].decode()[0]
     mode = vocabulary.encode(modes[kind])
     assert ex["inputs"][:len(mode)].tolist() == mode
-    assert len(ex["inputs"]) <= 128 and len(ex["targets"]) <= 128
+    # One 256-token decoder row each, filled: a text token more would cost 1 to 3 row tokens.
+    assert 254 <= len(ex["inputs"]) + len(ex["targets"]) <= 256
     assert ex["inputs"][-1] == EOS and ex["targets"][-1] == EOS
 
 
@@ -77,12 +79,12 @@ def test_c4_ul2r_fails_with_instructions_when_c4_is_absent(tmp_path, monkeypatch
 
 
 def test_prefix_lm_packing_concatenates_inputs_and_targets_before_packing(ul2r_examples):
-  """seqio.PrefixLMFeatureConverter(pack=True), as the trainer uses it, on the real examples."""
+  """The trainer's prefix-LM converter (seqio's, checked per row), pack=True, on real examples."""
   examples = ul2r_examples[:300]
   by_tokens = {tuple(ex["inputs"]) + tuple(ex["targets"]): ex for ex in examples}
   ds = seqio.get_mixture_or_task("demo_ul2r").get_dataset(None, split="train", shuffle=False,
                                                            seed=11).take(300)
-  packed = list(seqio.PrefixLMFeatureConverter(pack=True)(
+  packed = list(data.FEATURE_CONVERTERS["prefix_lm"](pack=True)(
       ds, {"inputs": 128, "targets": 128}).as_numpy_iterator())
   segments_seen = 0
   for row in packed:
@@ -113,6 +115,25 @@ def test_prefix_lm_packing_concatenates_inputs_and_targets_before_packing(ul2r_e
         rows, used = rows + 1, 0
       used += length
   assert len(packed) == rows
+
+
+@pytest.mark.parametrize("length, fill_rows, examples", [
+    (128, True, 600), (1024, True, 200), (128, False, 600)])
+def test_packed_decoder_rows_are_full_when_segments_fill_rows(length, fill_rows, examples):
+  """Rows of inputs + targets after packing: >= 95% text at the demo and U-PaLM lengths; sized
+  per feature (T5's way), about a quarter of every row is padding."""
+  task = ul2_tasks.register_ul2_task(
+      f"test_fill_{length}_{fill_rows}", "demo",
+      denoisers.ul2r_preset(length, length, fill_rows=fill_rows), overwrite=True)
+  lengths = {"inputs": length, "targets": length}
+  ds = task.get_dataset(lengths, split="train", shuffle=False, seed=0).take(examples)
+  text_tokens = sum(len(ex["inputs"]) + len(ex["targets"]) for ex in ds.as_numpy_iterator())
+  rows = list(data.FEATURE_CONVERTERS["prefix_lm"](pack=True)(ds, lengths).as_numpy_iterator())
+  fill = text_tokens / (len(rows) * 2 * length)
+  if fill_rows:
+    assert fill >= 0.95 and len(rows) == examples  # one example per row, each ~full
+  else:
+    assert 0.6 < fill < 0.85
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,9 +177,10 @@ def test_inspect_stats_measures_each_denoiser():
   assert sum(float(r[1]) for r in rows.values()) == pytest.approx(1.0, abs=0.002)
   assert float(rows["R(mu=3,r=0.15)"][3]) == pytest.approx(0.15, abs=0.01)  # corruption
   assert float(rows["X(mu=32,r=0.5)"][3]) == pytest.approx(0.5, abs=0.02)
-  assert float(rows["R(mu=3,r=0.15)"][4]) == pytest.approx(20 / 7, abs=0.1)  # 134-token segments
-  assert 0 <= float(rows["S(uniform)"][-1]) < 0.5  # padding waste after packing
-  assert "all (packed together)" in text
+  assert float(rows["R(mu=3,r=0.15)"][4]) == pytest.approx(34 / 11, abs=0.1)  # 226-token segments
+  (packed,) = [line.split() for line in text.splitlines() if line.startswith("all (packed")]
+  for row in [*rows.values(), packed]:
+    assert 0 <= float(row[-1]) < 0.01  # padding share of the packed rows: they are full
 
 
 def test_inspect_on_a_plain_lm_task_shows_the_corpus_documents(vocabulary):
@@ -196,7 +218,7 @@ def test_demo_lengths_are_gin_configurable_after_registration():
     assert ul2_tasks.task_mixture("demo_ul2r").inputs_length == 64
     ex = next(seqio.get_mixture_or_task("demo_ul2r").get_dataset(
         None, split="validation", shuffle=False, seed=0).as_numpy_iterator())
-    assert len(ex["inputs"]) <= 64
+    assert len(ex["inputs"]) + len(ex["targets"]) <= 64 + 128
   finally:
     with gin.unlock_config():
       gin.bind_parameter(binding, 128)  # the default; leaves other gin state alone

@@ -1,7 +1,9 @@
 """Orbax checkpoints: train state + data position, saved together, atomically, with checksums.
 
-Layout: MODEL_DIR/checkpoints/<step>/{params, optimizer, data, checksums.json}. `params` is its
-own item so a params-only restore (how the UL2R and Flan stages start) reads nothing else. Orbax
+Layout: MODEL_DIR/checkpoints/<step>/{params, optimizer, data, data_iterators, checksums.json}.
+`params` is its own item so a params-only restore (how the UL2R and Flan stages start) reads
+nothing else. `data` is the data position (batches consumed); `data_iterators` holds each
+process's input-pipeline state (`process_files`), so a resume continues the data in O(1). Orbax
 commits a step atomically (a rename on local disks, a commit file on GCS), so a crash mid-save
 leaves no step that `latest_step()` returns. Just before the commit, `checksums.json` records the
 size and sha256 of every file of the step; a restore verifies them first, so flipped bytes, a
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 import gin
@@ -24,10 +26,11 @@ import orbax.checkpoint as ocp
 
 from ul2flan import integrity
 from ul2flan import paths
+from ul2flan import process_files
 
 logger = logging.getLogger(__name__)
 
-PARAMS, OPTIMIZER, DATA = "params", "optimizer", "data"
+PARAMS, OPTIMIZER, DATA, DATA_ITERATORS = "params", "optimizer", "data", "data_iterators"
 DAMAGED_SUFFIX = ".damaged"
 
 
@@ -62,7 +65,8 @@ def checkpoint_dir(model_dir: paths.PathLike) -> epath.Path:
 def open_manager(directory: paths.PathLike, options: ocp.CheckpointManagerOptions | None = None):
   """A manager that knows how every item is stored, so a fresh process can read metadata."""
   handlers = {PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
-              DATA: ocp.JsonCheckpointHandler()}
+              DATA: ocp.JsonCheckpointHandler(),
+              DATA_ITERATORS: process_files.ProcessFilesHandler()}
   return ocp.CheckpointManager(paths.resolve(directory), options=options, item_handlers=handlers)
 
 
@@ -76,12 +80,16 @@ def make_manager(model_dir: paths.PathLike, cfg: CheckpointConfig) -> ocp.Checkp
 
 
 def save(manager: ocp.CheckpointManager, step: int, params, opt_state, data_state: dict,
-         force: bool = False) -> bool:
-  return manager.save(step, args=ocp.args.Composite(**{
+         force: bool = False, data_files: dict[str, bytes] | None = None) -> bool:
+  """Saves a step; `data_files`: this process's input-pipeline state, by unique file name."""
+  items = {
       PARAMS: ocp.args.StandardSave(params),
       OPTIMIZER: ocp.args.StandardSave({"opt_state": opt_state}),
       DATA: ocp.args.JsonSave(data_state),
-  }), force=force)
+  }
+  if data_files is not None:
+    items[DATA_ITERATORS] = process_files.ProcessFilesSave(data_files)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def _committed_steps(directory: epath.Path) -> list[int]:
@@ -197,18 +205,28 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params, where:
 
 
 def restore_full(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state,
-                 where: str, verified: bool = False):
-  """Params, optimizer state and data position; `verified`: the checksums were checked already."""
+                 where: str, verified: bool = False, data_files: Sequence[str] = ()):
+  """Params, optimizer state and data position; `verified`: the checksums were checked already.
+
+  The data position dict gets `"files"`: those of `data_files` the step holds (none for a step
+  saved without them).
+  """
   check_shapes(mngr, step, abstract_params, where)
-  restored = _restore(mngr, step, {
+  items = {
       PARAMS: ocp.args.StandardRestore(abstract_params),
       OPTIMIZER: ocp.args.StandardRestore({"opt_state": abstract_opt_state}),
       DATA: ocp.args.JsonRestore(),
-  }, verify=not verified)
-  checked = integrity.has_checksums(paths.resolve(mngr.directory) / str(step))
+  }
+  step_dir = paths.resolve(mngr.directory) / str(step)
+  if data_files and (step_dir / DATA_ITERATORS).is_dir():
+    items[DATA_ITERATORS] = process_files.ProcessFilesRestore(list(data_files))
+  restored = _restore(mngr, step, items, verify=not verified)
+  checked = integrity.has_checksums(step_dir)
   logger.info("restored step %d from %s (%s)", step, where,
               "checksums verified" if checked else "no checksums.json: not verified")
-  return restored[PARAMS], restored[OPTIMIZER]["opt_state"], restored[DATA]
+  files = restored[DATA_ITERATORS] if DATA_ITERATORS in items else {}
+  data_state = {**restored[DATA], "files": files}
+  return restored[PARAMS], restored[OPTIMIZER]["opt_state"], data_state
 
 
 def newest_intact_step(mngr: ocp.CheckpointManager, fallback: bool) -> int | None:

@@ -23,6 +23,7 @@ from ul2flan import config as config_lib
 from ul2flan import vocabularies
 from ul2flan.commands import configurables  # noqa: F401  pylint: disable=unused-import
 from ul2flan.flan import rates
+from ul2flan.training import data
 from ul2flan.ul2 import lengths as ul2_lengths
 from ul2flan.ul2 import tasks as ul2_tasks
 
@@ -219,13 +220,14 @@ def _packing_waste(examples: Sequence[Mapping[str, Any]],
   if not examples:
     return float("nan")
   keys = [k for k in ("inputs", "targets") if k in examples[0]]
-  lengths = {k: max(len(ex[k]) for ex in examples) for k in keys}
-  if sequence_length:
-    lengths = {k: max(lengths[k], sequence_length.get(k) or 0) for k in keys}
+  if sequence_length and all(sequence_length.get(k) for k in keys):
+    lengths = {k: sequence_length[k] for k in keys}  # the row the trainer packs into
+  else:
+    lengths = {k: max(len(ex[k]) for ex in examples) for k in keys}
   columns = {k: tf.ragged.constant([_as_python(ex[k]) for ex in examples], dtype=tf.int32)
              for k in keys}
   ds = tf.data.Dataset.from_tensor_slices(columns).map(lambda x: {k: x[k] for k in keys})
-  converter = (seqio.PrefixLMFeatureConverter(pack=True) if keys == ["inputs", "targets"]
+  converter = (data.FEATURE_CONVERTERS["prefix_lm"](pack=True) if keys == ["inputs", "targets"]
                else seqio.LMFeatureConverter(pack=True))
   tokens = total = 0
   for row in converter(ds, lengths).as_numpy_iterator():
@@ -278,7 +280,8 @@ def _print_stats(examples: Sequence[Mapping[str, Any]], mixtures: Mapping[str, A
   print(f"{'all (packed together)':22s} {1:6.3f} {'':>6s} {'':>7s} {'':>7s} {'':>16s} {'':>17s} "
         f"{_packing_waste(examples, sequence_length):9.3f}", file=out)
   print("corrupt: noise (S: target) tokens / segment tokens; span: mean noise span length; "
-        "pad waste: padding share of packed rows (seqio feature converter, pack=True)", file=out)
+        "pad waste: padding share of packed rows of inputs + targets tokens (the trainer's "
+        "feature converter, pack=True)", file=out)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
+import os
 import sys
 from typing import Sequence
 
@@ -21,6 +24,7 @@ from ul2flan.commands import infer
 from ul2flan.commands import inspect_task
 from ul2flan.commands import pipeline
 from ul2flan.commands import train
+from ul2flan.training import data
 from ul2flan.training import guards
 
 COMMANDS = {
@@ -45,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one command. As the process's command (`argv` None), a data error exits immediately."""
+  is_process_command = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   bindings, argv = config_lib.split_gin_args(argv)
   args = build_parser().parse_args(argv)
@@ -52,19 +58,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   logs.setup()
   try:
     return int(COMMANDS[args.command].run(args) or 0)
-  except guards.RunStopped as e:
-    print(f"{type(e).__name__.lower()}: {_without_gin_context(e)}", file=sys.stderr)
-    return e.exit_code
   except (ValueError, FileNotFoundError) as e:
     if logs.verbose():
       raise
-    print(f"error: {_without_gin_context(e)}", file=sys.stderr)
+    message = "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
+    print(f"error: {message}", file=sys.stderr)
+    if isinstance(e, data.InputPipelineError):
+      _end_after_pipeline_error(is_process_command)
     return 2
 
 
-def _without_gin_context(e: Exception) -> str:
-  """The message, less the line gin appends ("In call to configurable ...")."""
-  return "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
+def _end_after_pipeline_error(is_process_command: bool) -> None:
+  """Frees the failed pipeline's iterators now; as the process's command, exits 2 at once.
+
+  The run's own cleanup (checkpoint commit, metric files) already ran while the error unwound.
+  A tf.data thread that is inside Python when the interpreter finalizes never returns, and the
+  iterator's destructor waits for it forever, so the process must not reach finalization with a
+  live pipeline.
+  """
+  gc.collect()
+  if is_process_command:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Sequence
 
 from etils import epath
 import gin
@@ -33,6 +34,9 @@ from ul2flan.training.steps import StepBuilder, TrainState, batch_spec
 logger = logging.getLogger(__name__)
 
 
+_DATA_START = {"batches_consumed": 0}
+
+
 @dataclasses.dataclass
 class TrainResult:
   model_dir: str
@@ -42,37 +46,39 @@ class TrainResult:
 
 
 def restore_or_init(builder: StepBuilder, manager, model_dir: str,
-                    ckpt_cfg: checkpoints.CheckpointConfig, seed: int
-                    ) -> tuple[TrainState, int, str]:
+                    ckpt_cfg: checkpoints.CheckpointConfig, seed: int,
+                    data_files: Sequence[str] = ()) -> tuple[TrainState, dict, str]:
   """Resume from the model dir, else start from INITIAL_CHECKPOINT_PATH, else from scratch.
 
-  Returns (state, data position, how) where `how` says which path was taken. A damaged latest
-  step stops the run with what is wrong, unless `ckpt_cfg.fallback_to_intact`.
+  Returns (state, data state, how) where `how` says which path was taken and the data state is
+  the saved `{"batches_consumed": N, "files": {...}}` (`files`: those of `data_files`, this
+  process's iterator states, that the step holds). A damaged latest step stops the run with
+  what is wrong, unless `ckpt_cfg.fallback_to_intact`.
   """
   latest = checkpoints.newest_intact_step(manager, ckpt_cfg.fallback_to_intact)
   if latest is not None:
     params, opt_state, data_state = checkpoints.restore_full(
         manager, latest, builder.abstract_params, builder.abstract_opt_state,
-        f"{checkpoints.checkpoint_dir(model_dir)}/{latest}", verified=True)
-    return (builder.make_state(latest, params, opt_state), data_state["batches_consumed"],
-            f"resumed from step {latest}")
+        f"{checkpoints.checkpoint_dir(model_dir)}/{latest}", verified=True, data_files=data_files)
+    return builder.make_state(latest, params, opt_state), data_state, f"resumed from step {latest}"
   path = ckpt_cfg.initial_checkpoint_path
   if path:
     if ckpt_cfg.initial_checkpoint_mode == "params":
       params, src_step = checkpoints.restore_params(path, builder.abstract_params)
-      return (builder.make_state(0, params, builder.init_opt_state(params)), 0,
+      return (builder.make_state(0, params, builder.init_opt_state(params)), _DATA_START,
               f"params from {path} (step {src_step}), fresh optimizer at step 0")
     if ckpt_cfg.initial_checkpoint_mode == "full":
       ckpt_dir, src_step = checkpoints.resolve_step_dir(path)
       with checkpoints.open_manager(ckpt_dir) as other:
         params, opt_state, data_state = checkpoints.restore_full(
-            other, src_step, builder.abstract_params, builder.abstract_opt_state, path)
-      return (builder.make_state(src_step, params, opt_state), data_state["batches_consumed"],
+            other, src_step, builder.abstract_params, builder.abstract_opt_state, path,
+            data_files=data_files)
+      return (builder.make_state(src_step, params, opt_state), data_state,
               f"full state from {path} (step {src_step})")
     raise ValueError(f"initial_checkpoint_mode must be 'params' or 'full', got "
                      f"{ckpt_cfg.initial_checkpoint_mode!r}")
   params = builder.init_params(seed)
-  return builder.make_state(0, params, builder.init_opt_state(params)), 0, "from scratch"
+  return builder.make_state(0, params, builder.init_opt_state(params)), _DATA_START, "from scratch"
 
 
 def _padding_batch(cfg: data_lib.DatasetConfig) -> dict:
@@ -170,7 +176,7 @@ class _Hooks:
     with self.stopwatch.paused():
       self.guard.require_finite(self.builder.all_finite(info.state), info.step)
     checkpoints.save(self.manager, info.step, info.state.params, info.state.opt_state,
-                     self.train_iter.state(), force=True)
+                     self.train_iter.state(), force=True, data_files=self.train_iter.snapshot())
     self.saved_step = info.step
 
   def run_eval(self, info: hooks_lib.StepInfo) -> None:
@@ -235,8 +241,8 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
                                  lambda: _last_checkpoint(manager, model_dir))
   try:
     with guards.PreemptionWatcher() as watcher:
-      state, data_position, how = restore_or_init(builder, manager, model_dir, checkpoint_cfg,
-                                                  seed)
+      state, data_state, how = restore_or_init(builder, manager, model_dir, checkpoint_cfg,
+                                                  seed, data_lib.state_files(train_dataset_cfg))
       start_step = int(state.step)
       logger.info("[%s] %s; training to step %d in %s", stage_name, how, total_steps, model_dir)
       result = TrainResult(model_dir=model_dir, step=start_step, last_metrics={}, last_eval={})
@@ -244,7 +250,7 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
         _train_steps(
             model_dir=model_dir, model_config=model_config, partitioner=partitioner,
             builder=builder, manager=manager, guard=guard, watcher=watcher, state=state,
-            data_position=data_position, start_step=start_step, total_steps=total_steps,
+            data_state=data_state, start_step=start_step, total_steps=total_steps,
             train_dataset_cfg=train_dataset_cfg, checkpoint_cfg=checkpoint_cfg,
             eval_dataset_cfg=eval_dataset_cfg, eval_period=eval_period, eval_steps=eval_steps,
             log_period=log_period, peak_flops_per_device=peak_flops_per_device,
@@ -259,11 +265,11 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
 
 
 def _train_steps(*, model_dir, model_config, partitioner, builder, manager, guard, watcher, state,
-                 data_position, start_step, total_steps, train_dataset_cfg, checkpoint_cfg,
+                 data_state, start_step, total_steps, train_dataset_cfg, checkpoint_cfg,
                  eval_dataset_cfg, eval_period, eval_steps, log_period, peak_flops_per_device,
                  profile_start_step, profile_num_steps, stage_name, progress, result):
   """The loop: one jitted step, then the hooks; fills `result`."""
-  train_iter = data_lib.HostIterator(train_dataset_cfg, start_batch=data_position)
+  train_iter = data_lib.HostIterator(train_dataset_cfg, resume=data_state)
   local = next(train_iter)
   spec = batch_spec(local)
   step_fn = builder.jit_train_step(spec)

@@ -77,17 +77,22 @@ class DenoiserMixture:
   Attributes:
     name: label used in logs and error messages.
     denoisers: the denoisers; each example draws one with probability proportional to its rate.
-    inputs_length: inputs budget, EOS included. A `sequence_length` given to `get_dataset`
+    inputs_length: inputs length, EOS included. A `sequence_length` given to `get_dataset`
       replaces it (and the sentinel check is repeated for it).
-    targets_length: targets budget, EOS included; replaced the same way.
+    targets_length: targets length, EOS included; replaced the same way.
     num_sentinels: how many of the vocabulary's sentinels (`vocabularies.sentinel_ids`) to use. None:
       the vocabulary's extra ids, or the last 100 ids when it has none (U-PaLM).
     cap_spans: if a denoiser can need more spans than sentinels, use fewer, longer spans instead
       of raising an error.
     random_roll: rotate each noise mask by a random offset (later T5) so that the last span does
       not always end the segment; may split one span in two. Off by default, like the 2022 code.
-    docs_per_group: documents concatenated before cutting segments (fewer short last segments
-      when larger).
+    docs_per_group: documents tokenized and concatenated per step of the segment cutter (text
+      left over after a group's last whole segment starts the next group's first).
+    fill_rows: size every segment so that its inputs + targets (mode token and both EOS
+      included) fill one decoder row of `inputs_length + targets_length` tokens, which is what a
+      prefix LM trains on; either feature may then be longer than its own length. False: inputs
+      and targets each fit their own length (T5's encoder-decoder sizing; ~25% of packed prefix-LM
+      rows are padding at 1024 + 1024).
   """
   name: str
   denoisers: tuple[Denoiser, ...]
@@ -97,6 +102,7 @@ class DenoiserMixture:
   cap_spans: bool = False
   random_roll: bool = False
   docs_per_group: int = DEFAULT_DOCS_PER_GROUP
+  fill_rows: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "denoisers", tuple(self.denoisers))

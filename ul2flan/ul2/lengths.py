@@ -1,8 +1,11 @@
 """Length arithmetic of a denoiser mixture, and its compilation against a vocabulary.
 
 Plain Python; the tf.data graph (`ul2flan.ul2.preprocessors`) uses the same float64 formulas.
-A mixture that can need more spans than there are sentinels is rejected here, when its task is
-defined, unless `cap_spans=True` asks for fewer, longer spans.
+With `fill_rows` (the default) a segment is the longest whose inputs + targets, mode token and both
+EOS included, fit one decoder row of inputs_length + targets_length tokens; without it, inputs and
+targets must each fit their own length. A mixture that can need more spans than there are
+sentinels is rejected here, when its task is defined, unless `cap_spans=True` asks for fewer,
+longer spans.
 """
 
 from __future__ import annotations
@@ -40,19 +43,25 @@ def _span_corruption_lengths(length: int, d: Denoiser, random_roll: bool,
 
 
 def span_corruption_segment_length(d: Denoiser, inputs_budget: int, targets_budget: int,
-                                   random_roll: bool = False,
-                                   max_spans: int | None = None) -> int:
+                                   random_roll: bool = False, max_spans: int | None = None,
+                                   row_budget: int | None = None) -> int:
   """Largest raw segment length whose corrupted inputs and targets fit their budgets.
 
-  Budgets exclude EOS and the mode token. The needed lengths never decrease with the segment
-  length, so any shorter segment fits too.
+  Budgets exclude EOS and the mode token. With `row_budget`, inputs + targets together must fit
+  it (the per-feature budgets are then ignored). The needed lengths never decrease with the
+  segment length, so any shorter segment fits too.
   """
-  for length in range(inputs_budget + targets_budget, 1, -1):
+  longest = row_budget if row_budget is not None else inputs_budget + targets_budget
+  for length in range(longest, 1, -1):
     inputs, targets, _ = _span_corruption_lengths(length, d, random_roll, max_spans)
-    if inputs <= inputs_budget and targets <= targets_budget:
+    fits = (inputs + targets <= row_budget if row_budget is not None
+            else inputs <= inputs_budget and targets <= targets_budget)
+    if fits:
       return length
-  raise ValueError(f"{d.name}: inputs budget {inputs_budget} and targets budget {targets_budget} "
-                   f"(after EOS and mode token) cannot hold even a 2-token segment")
+  budgets = (f"a row budget of {row_budget}" if row_budget is not None
+             else f"inputs budget {inputs_budget} and targets budget {targets_budget}")
+  raise ValueError(f"{d.name}: {budgets} (after EOS and mode token) cannot hold even a 2-token "
+                   f"segment")
 
 
 def prefix_lm_max_segment_length(inputs_budget: int, targets_budget: int) -> int:
@@ -73,6 +82,7 @@ class CompiledDenoiser:
   targets_budget: int  # raw targets tokens, without EOS
   segment_length: int  # the longest raw segment this denoiser uses
   max_sentinels: int   # sentinels the longest segment needs (0 for S)
+  fixed_length: bool   # every segment is `segment_length` long (S without fill_rows: it varies)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +100,7 @@ class CompiledMixture:
   @property
   def min_segment_length(self) -> int:
     """A lower bound on any segment but a stream's last (S: T(f) >= min of its two budgets)."""
-    return max(2, min(d.segment_length if d.denoiser.is_span_corruption
+    return max(2, min(d.segment_length if d.fixed_length
                       else min(d.inputs_budget, d.targets_budget) for d in self.denoisers))
 
   @property
@@ -105,7 +115,6 @@ def compile_mixture(mixture: DenoiserMixture, vocabulary: seqio.Vocabulary,
   if sequence_length and sequence_length.get("inputs") and sequence_length.get("targets"):
     inputs_length, targets_length = sequence_length["inputs"], sequence_length["targets"]
   sentinel_ids = vocabularies.sentinel_ids(vocabulary, mixture.num_sentinels)
-  sentinels = len(sentinel_ids)
   compiled = []
   for d in mixture.denoisers:
     mode_ids = tuple(int(i) for i in vocabulary.encode(d.mode_token)) if d.mode_token else ()
@@ -116,21 +125,36 @@ def compile_mixture(mixture: DenoiserMixture, vocabulary: seqio.Vocabulary,
     if inputs_budget < 1 or targets_budget < 1:
       raise ValueError(f"{where}: the mode token {d.mode_token!r} ({len(mode_ids)} tokens) and EOS "
                        f"leave no room for text; raise the lengths")
+    row_budget = inputs_budget + targets_budget if mixture.fill_rows else None
+    if row_budget is not None:  # either side may take what the other leaves
+      inputs_budget = targets_budget = row_budget
     if d.is_span_corruption:
-      max_spans = sentinels - (1 if mixture.random_roll else 0) if mixture.cap_spans else None
-      if max_spans is not None and max_spans < 1:
-        raise ValueError(f"{where}: {sentinels} sentinel(s) are too few for random_roll")
-      length = span_corruption_segment_length(d, inputs_budget, targets_budget,
-                                              mixture.random_roll, max_spans)
-      needed = _span_corruption_lengths(length, d, mixture.random_roll, max_spans)[2]
-      if needed > sentinels:
-        raise ValueError(
-            f"{where}: {length}-token segments need up to {needed} sentinels but only {sentinels} "
-            f"are available (ids {min(sentinel_ids)}..{max(sentinel_ids)}). "
-            f"Lower inputs_length, raise the mean span length, provide more sentinels "
-            f"(num_sentinels or a vocabulary with more extra_ids), or set cap_spans=True for "
-            f"fewer, longer spans.")
+      length, needed = _span_corruption_segment(d, mixture, sentinel_ids, where, inputs_budget,
+                                                targets_budget, row_budget)
     else:
-      length, needed = prefix_lm_max_segment_length(inputs_budget, targets_budget), 0
-    compiled.append(CompiledDenoiser(d, mode_ids, inputs_budget, targets_budget, length, needed))
+      length = row_budget or prefix_lm_max_segment_length(inputs_budget, targets_budget)
+      needed = 0
+    compiled.append(CompiledDenoiser(d, mode_ids, inputs_budget, targets_budget, length, needed,
+                                     fixed_length=d.is_span_corruption or mixture.fill_rows))
   return CompiledMixture(mixture, tuple(compiled), inputs_length, targets_length, sentinel_ids)
+
+
+def _span_corruption_segment(d: Denoiser, mixture: DenoiserMixture, sentinel_ids, where: str,
+                             inputs_budget: int, targets_budget: int,
+                             row_budget: int | None) -> tuple[int, int]:
+  """(segment length, sentinels it needs) of an R/X denoiser; more than exist is an error."""
+  sentinels = len(sentinel_ids)
+  max_spans = sentinels - (1 if mixture.random_roll else 0) if mixture.cap_spans else None
+  if max_spans is not None and max_spans < 1:
+    raise ValueError(f"{where}: {sentinels} sentinel(s) are too few for random_roll")
+  length = span_corruption_segment_length(d, inputs_budget, targets_budget, mixture.random_roll,
+                                          max_spans, row_budget)
+  needed = _span_corruption_lengths(length, d, mixture.random_roll, max_spans)[2]
+  if needed > sentinels:
+    raise ValueError(
+        f"{where}: {length}-token segments need up to {needed} sentinels but only {sentinels} "
+        f"are available (ids {min(sentinel_ids)}..{max(sentinel_ids)}). "
+        f"Lower inputs_length, raise the mean span length, provide more sentinels "
+        f"(num_sentinels or a vocabulary with more extra_ids), or set cap_spans=True for "
+        f"fewer, longer spans.")
+  return length, needed

@@ -4,13 +4,16 @@ One preprocessor, `ul2_denoise`, turns a tokenized corpus into prefix-LM example
 `{"inputs", "targets", "denoiser"}` for a `DenoiserMixture`:
 
 1. Documents are concatenated (T5 convention: no separator) in groups of `docs_per_group`.
-2. Each group's token stream is cut into consecutive segments; every segment draws ONE denoiser
-   with the mixture's rates (per example, never by sharding the corpus per denoiser) and has the
-   length that denoiser uses, so no text is dropped (only a group's last segment may be shorter).
+2. The token stream is cut into consecutive segments; every segment draws ONE denoiser with the
+   mixture's rates (per example, never by sharding the corpus per denoiser) and has the length
+   that denoiser uses (`ul2flan.ul2.lengths`: by default inputs + targets fill one decoder row).
+   Text after a group's last whole segment starts the next group's first: no text is dropped and
+   no segment is short, except the very last of a finite dataset.
 3. R / X denoisers: T5 span corruption (`random_spans_noise_mask`). Inputs `n0 <s0> n1 <s1> ...`,
    targets `<s0> z0 <s1> z1 ...`. S denoiser: split at one point; prefix -> inputs, rest -> targets.
 4. The mode token (ordinary text, e.g. "[NLU]") is prepended to the inputs after corruption, so it
-   is never masked; `seqio.preprocessors.append_eos_after_trim` then appends EOS.
+   is never masked; `seqio.preprocessors.append_eos` then appends EOS (nothing is trimmed: the
+   lengths already include it).
 
 Every random choice is a stateless op seeded by `seqio.map_over_dataset(num_seeds=1)` (so
 `Task.get_dataset(seed=...)` fixes the examples) folded with a hash of the tokens at hand, so that
@@ -32,6 +35,7 @@ from ul2flan.ul2.denoisers import DenoiserMixture
 from ul2flan.ul2.lengths import CompiledDenoiser, CompiledMixture, compile_mixture
 
 _MIN_FRACTION = 1e-6  # keeps floor(a / (1 - f)) and floor(b / f) finite
+_NO_PENDING = -1  # no denoiser drawn yet for the text carried to the next stream
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,10 +112,10 @@ def _content_fingerprint(tokens: tf.Tensor) -> tf.Tensor:
   return tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(tokens), 2**31 - 1)
 
 
-def _data_dependent_seed(seed, tokens: tf.Tensor) -> tf.Tensor:
-  """seqio's per-element seed folded with the data, so shards with equal seeds still differ."""
-  return tf.random.experimental.stateless_fold_in(
-      tf.cast(tf.stack(seed), tf.int64), _content_fingerprint(tokens))
+def _data_dependent_seed(seed: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
+  """seqio's per-element seed ([2]) folded with the data, so shards with equal seeds differ."""
+  return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64),
+                                                  _content_fingerprint(tokens))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,42 +153,86 @@ def concatenate_and_chunk(dataset: tf.data.Dataset, chunk_length: int, docs_per_
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def _draw_segments(features: Mapping[str, tf.Tensor], seed: tf.Tensor,
-                   mixture: CompiledMixture) -> dict[str, tf.Tensor]:
-  """Cuts a token stream into consecutive segments, each with its own denoiser drawn by rate.
+def _with_seed(features: Mapping[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  return {"targets": features["targets"], "seed": tf.stack(seed), "last": tf.constant(False)}
 
-  Every segment's length is the one its denoiser uses (for S, given its target fraction), so no
-  text is dropped; only the stream's last segment may be shorter.
-  """
-  stream = features["targets"]
-  choice_seed, fraction_seed = tf.unstack(
-      tf.random.experimental.stateless_split(_data_dependent_seed(seed, stream), 2))
-  total = tf.size(stream)
-  max_segments = total // mixture.min_segment_length + 1
+
+def _draw_denoisers(seed: tf.Tensor, count: tf.Tensor,
+                    mixture: CompiledMixture) -> tuple[tf.Tensor, tf.Tensor]:
+  """`count` independent draws of (denoiser index, S target fraction), with the mixture's rates."""
+  choice_seed, fraction_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   cumulative_rates = tf.constant(np.cumsum(mixture.mixture.rates)[:-1], tf.float64)
-  draws = tf.random.stateless_uniform([max_segments], choice_seed, dtype=tf.float64)
+  draws = tf.random.stateless_uniform([count], choice_seed, dtype=tf.float64)
   index = tf.searchsorted(cumulative_rates, draws, side="right", out_type=tf.int32)
+  drawn_fraction = tf.random.stateless_uniform([count], fraction_seed, _MIN_FRACTION,
+                                               1 - _MIN_FRACTION, dtype=tf.float64)
+  fixed_fraction = tf.gather(tf.constant(
+      [c.denoiser.target_fraction or -1.0 for c in mixture.denoisers], tf.float64), index)
+  return index, tf.where(fixed_fraction > 0, fixed_fraction, drawn_fraction)
+
+
+def _segment_lengths(index: tf.Tensor, fraction: tf.Tensor, mixture: CompiledMixture) -> tf.Tensor:
+  """The length each drawn denoiser uses (S without fill_rows: the longest for its fraction)."""
 
   def per_denoiser(values, dtype):
     return tf.gather(tf.constant(values, dtype), index)
 
-  drawn_fraction = tf.random.stateless_uniform([max_segments], fraction_seed, _MIN_FRACTION,
-                                               1 - _MIN_FRACTION, dtype=tf.float64)
-  fixed_fraction = per_denoiser([c.denoiser.target_fraction or -1.0 for c in mixture.denoisers],
-                                tf.float64)
-  fraction = tf.where(fixed_fraction > 0, fixed_fraction, drawn_fraction)
-  prefix_lm_length = prefix_lm_segment_length(
+  varying = prefix_lm_segment_length(
       fraction, per_denoiser([c.inputs_budget for c in mixture.denoisers], tf.int32),
       per_denoiser([c.targets_budget for c in mixture.denoisers], tf.int32))
-  lengths = tf.where(per_denoiser([c.denoiser.is_span_corruption for c in mixture.denoisers],
-                                  tf.bool),
-                     per_denoiser([c.segment_length for c in mixture.denoisers], tf.int32),
-                     prefix_lm_length)
+  return tf.where(per_denoiser([c.fixed_length for c in mixture.denoisers], tf.bool),
+                  per_denoiser([c.segment_length for c in mixture.denoisers], tf.int32), varying)
+
+
+def _cut_step(carry, features: Mapping[str, tf.Tensor], mixture: CompiledMixture):
+  """One scan step: the text left over + the next stream -> whole segments, and a new leftover.
+
+  The leftover's already drawn denoiser (pending) is kept for the segment it starts, so every
+  segment's denoiser is one independent draw in stream order. The `last` element flushes the
+  leftover as a shorter final segment.
+  """
+  leftover, pending_index, pending_fraction = carry
+  stream = tf.concat([leftover, features["targets"]], axis=0)
+  total = tf.size(stream)
+  index, fraction = _draw_denoisers(_data_dependent_seed(features["seed"], features["targets"]),
+                                    total // mixture.min_segment_length + 2, mixture)
+  has_pending = pending_index >= 0
+  index = tf.concat([tf.where(has_pending, pending_index, index[:1]), index[1:]], axis=0)
+  fraction = tf.concat([tf.where(has_pending, pending_fraction, fraction[:1]), fraction[1:]],
+                       axis=0)
+  lengths = _segment_lengths(index, fraction, mixture)
   starts = tf.cumsum(lengths, exclusive=True)
-  count = tf.reduce_sum(tf.cast(starts < total, tf.int32))
-  lengths = tf.minimum(lengths[:count], total - starts[:count])  # only the last one is cut
-  return {"targets": tf.RaggedTensor.from_row_lengths(stream, lengths),
-          "denoiser_index": index[:count], "target_fraction": fraction[:count]}
+  count = tf.where(features["last"], tf.reduce_sum(tf.cast(starts < total, tf.int32)),
+                   tf.reduce_sum(tf.cast(starts + lengths <= total, tf.int32)))
+  lengths = tf.minimum(lengths[:count], total - starts[:count])  # only a flushed last is cut
+  used = tf.reduce_sum(lengths)
+  next_index = tf.where(features["last"], _NO_PENDING, index[count])
+  segments = {"targets": stream[:used], "lengths": lengths, "denoiser_index": index[:count],
+              "target_fraction": fraction[:count]}
+  return (stream[used:], next_index, fraction[count]), segments
+
+
+def cut_segments(streams: tf.data.Dataset, mixture: CompiledMixture) -> tf.data.Dataset:
+  """Token streams -> consecutive segments, each with its own denoiser drawn by rate.
+
+  Every segment has the length its denoiser uses (for S without fill_rows, given its target
+  fraction). Text after a stream's last whole segment starts the next stream's first, so no text
+  is dropped and no segment is short, except the very last of a finite dataset.
+  """
+  streams = _with_seed(streams)
+  flush = tf.data.Dataset.from_tensors(
+      {"targets": tf.zeros([0], tf.int32), "seed": tf.zeros([2], tf.int64),
+       "last": tf.constant(True)})
+  start = (tf.zeros([0], tf.int32), tf.constant(_NO_PENDING), tf.constant(0.5, tf.float64))
+  pieces = streams.concatenate(flush).scan(start, functools.partial(_cut_step, mixture=mixture))
+
+  def split(piece):
+    return {"targets": tf.RaggedTensor.from_row_lengths(piece["targets"], piece["lengths"]),
+            "denoiser_index": piece["denoiser_index"],
+            "target_fraction": piece["target_fraction"]}
+
+  segments = pieces.map(split, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+  return segments.filter(lambda x: tf.size(x["targets"]) >= 2)
 
 
 def _apply_denoiser(tokens: tf.Tensor, seed: tf.Tensor, target_fraction: tf.Tensor,
@@ -212,7 +260,7 @@ def _apply_denoiser(tokens: tf.Tensor, seed: tf.Tensor, target_fraction: tf.Tens
 def _denoise_segment(features: Mapping[str, tf.Tensor], seed: tf.Tensor,
                      mixture: CompiledMixture) -> dict[str, tf.Tensor]:
   tokens, index = features["targets"], features["denoiser_index"]
-  seed = _data_dependent_seed(seed, tokens)
+  seed = _data_dependent_seed(tf.stack(seed), tokens)
   branches = [functools.partial(_apply_denoiser, tokens, seed, features["target_fraction"], c,
                                 mixture) for c in mixture.denoisers]
   inputs, targets = tf.switch_case(index, branches)
@@ -226,8 +274,8 @@ def ul2_denoise(dataset: tf.data.Dataset,
                 *, mixture: DenoiserMixture | Callable[[], DenoiserMixture]) -> tf.data.Dataset:
   """seqio preprocessor: tokenized `targets` documents -> `{inputs, targets, denoiser}` examples.
 
-  Place it after `seqio.preprocessors.tokenize` and before `append_eos_after_trim`. Lengths come
-  from `sequence_length` when both are given, else from the mixture.
+  Place it after `seqio.preprocessors.tokenize` and before `append_eos`. Lengths come from
+  `sequence_length` when both are given, else from the mixture.
   """
   if not output_features or "targets" not in output_features:
     raise ValueError("ul2_denoise needs output_features with a 'targets' feature (its vocabulary "
@@ -236,9 +284,7 @@ def ul2_denoise(dataset: tf.data.Dataset,
     mixture = mixture()
   compiled = compile_mixture(mixture, output_features["targets"].vocabulary, sequence_length)
   streams = group_token_streams(dataset, mixture.docs_per_group)
-  segments = _draw_segments(streams, mixture=compiled).unbatch()
-  segments = segments.filter(lambda x: tf.size(x["targets"]) >= 2)
-  return _denoise_segment(segments, mixture=compiled)
+  return _denoise_segment(cut_segments(streams, compiled), mixture=compiled)
 
 
 def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
@@ -248,11 +294,12 @@ def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
       functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
       functools.partial(ul2_denoise, mixture=mixture),
-      seqio.preprocessors.append_eos_after_trim,
+      seqio.preprocessors.append_eos,
   ]
 
 
 def ul2_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  """Prefix-LM features for `seqio.PrefixLMFeatureConverter(pack=True)`; `denoiser` rides along."""
+  """Prefix-LM features (for `ul2flan.training.data.PrefixLMFeatureConverter`); `denoiser` rides
+  along."""
   return {"inputs": seqio.Feature(vocabulary, add_eos=True),
           "targets": seqio.Feature(vocabulary, add_eos=True)}

@@ -26,6 +26,21 @@ MixtureSpec = denoisers.DenoiserMixture | str | Callable[[], denoisers.DenoiserM
 _TASK_MIXTURES: dict[str, Callable[[], denoisers.DenoiserMixture]] = {}
 
 
+class UL2Task(seqio.Task):
+  """A seqio Task whose examples are sized for a decoder row of inputs + targets tokens.
+
+  With `fill_rows` an example's inputs may be longer than `sequence_length["inputs"]` (or its
+  targets longer than theirs) while the two together fit the row, so seqio's per-feature trim
+  would cut text; the trim here is to the row. The denoiser sizes every example exactly anyway.
+  """
+
+  def _trim_output_features(self, dataset, sequence_length):
+    if sequence_length and sequence_length.get("inputs") and sequence_length.get("targets"):
+      row = sequence_length["inputs"] + sequence_length["targets"]
+      sequence_length = {**sequence_length, "inputs": row, "targets": row}
+    return super()._trim_output_features(dataset, sequence_length)
+
+
 def _resolve_mixture(mixture: MixtureSpec, inputs_length: int | None,
                      targets_length: int | None) -> denoisers.DenoiserMixture:
   if callable(mixture) and not isinstance(mixture, denoisers.DenoiserMixture):
@@ -74,7 +89,8 @@ def register_ul2_task(name: str, source: seqio.DataSource | str,
   task = registration.add_task(
       name, replace=overwrite, source=source,
       preprocessors=preprocessors.ul2_preprocessors(mixture_fn, text_key),
-      output_features=preprocessors.ul2_output_features(vocabulary), metric_fns=[])
+      output_features=preprocessors.ul2_output_features(vocabulary), metric_fns=[],
+      task_cls=UL2Task)
   _TASK_MIXTURES[name] = mixture_fn
   return task
 
