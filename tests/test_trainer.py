@@ -152,7 +152,7 @@ def test_cli_errors_are_clear(tmp_path):
   base = ["train", "--gin_file=gin_configs/models/tiny.gin",
           "--gin_file=gin_configs/runs/pretrain.gin", f"--model_dir={tmp_path}"]
   r = run_cli(base + ["--gin.DecoderConfig.dmodel=3"])
-  assert r.returncode != 0 and "bad gin configuration" in r.stderr and "dmodel" in r.stderr
+  assert r.returncode == 2 and "bad gin binding" in r.stderr and "did you mean d_model?" in r.stderr
   r = run_cli(base + ["--gin.MIXTURE_OR_TASK_NAME='no_such_task'", "--gin.TRAIN_STEPS=1"])
   assert r.returncode != 0 and "No seqio task or mixture named 'no_such_task'" in r.stderr
   r = run_cli(base + ["--gin.MESH_SHAPE={'data': 3}", "--gin.TRAIN_STEPS=1"],

@@ -15,31 +15,18 @@ import dataclasses
 import inspect
 import json
 import os
-from typing import Any, Mapping, Sequence
+import tokenize
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
+from ul2flan import gin_checks
 from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.model.config import DecoderConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO_FILE = "run.json"
-
-# Module paths of configurables before the package was grouped by stage: an old gin file that
-# names one gets told the new name (short names such as `DecoderConfig.d_model` never changed).
-MOVED = {
-    "ul2flan.denoisers.demo_task_lengths": "ul2flan.demo.corpus.demo_task_lengths",
-    "ul2flan.denoisers": "ul2flan.ul2.denoisers",
-    "ul2flan.corpus_sources.register_ul2": "ul2flan.ul2.tasks.register_ul2",
-    "ul2flan.corpus_sources": "ul2flan.ul2.sources",
-    "ul2flan.vocab": "ul2flan.vocabularies",
-    "ul2flan.model.DecoderConfig": "ul2flan.model.config.DecoderConfig",
-    "ul2flan.trainer": "ul2flan.training.trainer",
-    "ul2flan.data": "ul2flan.training.data",
-    "ul2flan.optim": "ul2flan.training.optim",
-    "%MODEL_DIR": "--model_dir (MODEL_DIR is no longer a gin macro)",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,22 +59,40 @@ def resolve_gin_file(path: str) -> str:
   raise ValueError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
-  """Clears gin, then parses the files and bindings; gin's errors become ones that say what to fix."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
+              command: str | None = None) -> None:
+  """Clears gin, then parses the files and bindings, in order, and checks that each is read.
+
+  A parse error names the file or binding and the closest real name; `gin_checks.check_bindings`
+  refuses macros and bindings nothing will read (`command`: "train" or "pipeline" also refuses
+  configurables that command never calls).
+  """
   gin.add_config_file_search_path(REPO_ROOT)
   gin.add_config_file_search_path(os.getcwd())
   resolved = [resolve_gin_file(p) for p in gin_files]
   with gin.unlock_config():
     gin.clear_config()
+  referenced, rebound = set(), set()
+  for path in resolved:
+    _parse(gin.parse_config_file, path, f"gin file {path}")
+    referenced |= gin_checks.referenced_macros()
+  for binding in bindings:
+    _parse(gin.parse_config, binding, f"binding `{binding}`")
+    referenced |= gin_checks.referenced_macros()
+    rebound.add(gin_checks.bound_macro(binding))
+  gin_checks.check_bindings(command, referenced, rebound - {None})
+
+
+def _parse(parse: Callable[[str], Any], text: str, where: str) -> None:
   try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, NameError) as e:
+    parse(text)
+  except (ValueError, KeyError, SyntaxError, NameError, TypeError, tokenize.TokenError) as e:
     msg = str(e).splitlines()[0] if str(e) else repr(e)
-    moved = next((f"; {old} is now {new}" for old, new in MOVED.items()
-                  if old in msg or old.lstrip("%") in msg.split("'")), "")
-    raise ValueError(f"bad gin configuration: {msg}{moved}\n  (check the spelling of --gin.NAME=VALUE "
-                     f"bindings and gin files; `ul2flan train --help` lists the "
-                     f"configurables)") from None
+    if isinstance(e, tokenize.TokenError):
+      msg = f"unbalanced brackets or quotes ({e.args[0]})"
+    raise ValueError(f"bad gin {where}: {gin_checks.explain_parse_error(msg)}\n  (check the "
+                     f"spelling of --gin.NAME=VALUE bindings and gin files; `ul2flan train "
+                     f"--help` lists the macros and configurables)") from None
 
 
 def describe_configurables(prefix: str = "ul2flan.") -> str:

@@ -20,5 +20,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   distributed.initialize(args)
-  config_lib.parse_gin(args.gin_file, args.gin)
+  config_lib.parse_gin(args.gin_file, args.gin, command="pipeline")
   return pipeline.run_pipeline(args.model_dir)

@@ -35,7 +35,7 @@ add_arguments = add_gin_arguments
 
 def run(args: argparse.Namespace) -> int:
   distributed.initialize(args)
-  config_lib.parse_gin(args.gin_file, args.gin)
+  config_lib.parse_gin(args.gin_file, args.gin, command="train")
   result = trainer.train(args.model_dir)
   logger.info("done: step %d; last metrics %s", result.step, result.last_metrics)
   return 0

@@ -8,6 +8,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from ul2flan.checks import check_choice, check_int, check_number
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -38,6 +40,12 @@ class DecoderConfig:
   norm_epsilon: float = 1e-6
 
   def __post_init__(self):
+    for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                  "mlp_dim"):
+      check_int(getattr(self, field), f"DecoderConfig.{field}")
+    check_number(self.dropout_rate, "DecoderConfig.dropout_rate (DROPOUT_RATE)", 0.0, 1.0)
+    check_number(self.norm_epsilon, "DecoderConfig.norm_epsilon", 0.0)
+    check_choice(self.dtype, ("float32", "bfloat16", "float16"), "DecoderConfig.dtype")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
