@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import tokenize
 from typing import Any, Callable, Mapping, Sequence
 
@@ -95,24 +96,39 @@ def _parse(parse: Callable[[str], Any], text: str, where: str) -> None:
                      f"--help` lists the macros and configurables)") from None
 
 
-def describe_configurables(prefix: str = "ul2flan.") -> str:
-  """One line per registered gin configurable of ul2flan: `Name(param, param=default, ...)`."""
+def describe_configurables(prefix: str = "ul2flan.", only: Sequence[str] | None = None,
+                           exclude: Sequence[str] = ()) -> str:
+  """One line per registered gin configurable of ul2flan (those in `only`, none in `exclude`):
+  `Name(param=default, ...)`, listing the parameters gin may bind (not those a caller passes)."""
   lines = []
   registry = gin.config._REGISTRY  # pylint: disable=protected-access  (gin has no public listing)
   for selector in sorted(registry._selector_map):  # pylint: disable=protected-access
-    if not selector.startswith(prefix):
-      continue
     configurable = registry[selector]
+    if (not selector.startswith(prefix) or configurable.name in exclude
+        or (only is not None and configurable.name not in only)):
+      continue
     params = []
     for p in inspect.signature(configurable.wrapped).parameters.values():
-      if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
+      if (p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self"
+          or p.name in (configurable.denylist or ())
+          or (configurable.allowlist and p.name not in configurable.allowlist)):
         continue
       if p.default is inspect.Parameter.empty or p.default is gin.REQUIRED:
-        params.append(f"{p.name}=REQUIRED" if p.default is gin.REQUIRED else p.name)
+        params.append(f"{p.name}=REQUIRED")
       else:
         params.append(f"{p.name}={p.default!r}")
     lines.append(f"  {configurable.name}({', '.join(params)})")
   return "\n".join(lines)
+
+
+def describe_macros(gin_file: str = "gin_configs/runs/base.gin") -> str:
+  """The macros a run file binds, with their values there (`NAME = VALUE` lines)."""
+  with open(resolve_gin_file(gin_file)) as f:
+    lines = [m.group(0) for m in map(_MACRO_LINE.match, f) if m]
+  return "\n".join(f"  {line}" for line in lines)
+
+
+_MACRO_LINE = re.compile(r"[A-Z][A-Z0-9_]* = [^#\n]*[^#\s]")
 
 
 def query(name: str, default: Any = None) -> Any:
