@@ -8,7 +8,17 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from ul2flan.checks import check_choice, check_int, check_number
+from ul2flan.checks import check_int, check_number
+
+# How attention is computed (`DecoderConfig.attention_impl`); `model/attention.py` resolves "auto".
+#   "xla":    heads-major einsums + an additive mask bias (the fastest on XLA:CPU; any backend).
+#   "cudnn":  jax.nn.dot_product_attention's cuDNN flash kernel (NVIDIA GPUs, bfloat16 / float16).
+#   "jax_nn": jax.nn.dot_product_attention's XLA implementation, given exactly the arguments cuDNN
+#             gets (causal flag, boolean mask, window); a portable check of the fused path.
+#   "auto":   "cudnn" where it applies (NVIDIA GPU, 16-bit compute, no soft-cap, head_dim the
+#             kernel takes, no KV cache), "xla" everywhere else.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "jax_nn")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 REMAT_POLICIES = {
     "none": None,
@@ -34,10 +44,20 @@ class DecoderConfig:
   tie_embeddings: bool = True
   rope_max_wavelength: float = 10_000.0
   dropout_rate: float = 0.0
-  dtype: str = "float32"  # activations/compute; parameters are always float32.
+  # Activations / compute. "auto": bfloat16 on GPU and TPU, float32 on CPU. Parameters, optimizer
+  # state, softmax, norms and the loss are float32 whatever this says.
+  dtype: str = "auto"
   scan_layers: bool = False
   remat_policy: str = "none"  # "none", "full", "dots" or "dots_with_no_batch_dims".
   norm_epsilon: float = 1e-6
+  attention_impl: str = "auto"  # see ATTENTION_IMPLS
+  # Sliding-window attention (Mistral, Gemma 2): a query sees keys less than `sliding_window`
+  # positions away. `sliding_window_pattern` N (Hugging Face's Gemma convention): layer i is
+  # global when (i + 1) % N == 0 and slides otherwise (Gemma 2: 2); None: every layer slides.
+  sliding_window: int | None = None
+  sliding_window_pattern: int | None = None
+  attn_logits_soft_cap: float | None = None  # Gemma 2: logits = cap * tanh(logits / cap)
+  query_scale: float | None = None  # scores use q * query_scale**-0.5 (None: head_dim**-0.5)
 
   def __post_init__(self):
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -45,7 +65,6 @@ class DecoderConfig:
       check_int(getattr(self, field), f"DecoderConfig.{field}")
     check_number(self.dropout_rate, "DecoderConfig.dropout_rate (DROPOUT_RATE)", 0.0, 1.0)
     check_number(self.norm_epsilon, "DecoderConfig.norm_epsilon", 0.0)
-    check_choice(self.dtype, ("float32", "bfloat16", "float16"), "DecoderConfig.dtype")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -56,10 +75,48 @@ class DecoderConfig:
                        f"got {self.remat_policy!r}")
     if self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+    if self.dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, "
+                       f"got {self.attention_impl!r}")
+    self._check_attention_options()
+
+  def _check_attention_options(self):
+    window, pattern = self.sliding_window, self.sliding_window_pattern
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 1):
+      raise ValueError(f"sliding_window must be a positive int (or None), got {window!r}")
+    if pattern is not None:
+      if window is None:
+        raise ValueError("sliding_window_pattern needs sliding_window to be set")
+      if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 2:
+        raise ValueError(f"sliding_window_pattern must be an int >= 2 (every Nth layer global; "
+                         f"None: every layer slides), got {pattern!r}")
+    for name in ("attn_logits_soft_cap", "query_scale"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 (or None), got {value!r}")
 
   @property
   def compute_dtype(self):
+    if self.dtype == "auto":
+      return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
     return jnp.dtype(self.dtype)
+
+  @property
+  def window_layers(self) -> tuple[bool, ...]:
+    """Per layer: does it use the sliding window?"""
+    if self.sliding_window is None:
+      return (False,) * self.num_layers
+    if self.sliding_window_pattern is None:
+      return (True,) * self.num_layers
+    return tuple((i + 1) % self.sliding_window_pattern != 0 for i in range(self.num_layers))
+
+  @property
+  def window_varies_by_layer(self) -> bool:
+    """Some layers slide and some do not (then, with scan_layers, the choice is a scanned input)."""
+    return len(set(self.window_layers)) > 1
 
   def num_params(self, include_embeddings: bool = True) -> int:
     """Analytic parameter count (used for MFU and checked against the built model in tests)."""

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ul2flan import partitioning
-from ul2flan.model.attention import NEG_INF, Attention, attention_mask
+from ul2flan.model.attention import (Attention, AttentionMasks, attention_mask,  # noqa: F401
+                                     build_masks, resolve_impl)
 from ul2flan.model.config import REMAT_POLICIES, DecoderConfig
 from ul2flan.model.layers import MLP, Norm, dense_init
 
@@ -30,11 +31,12 @@ class DecoderLayer(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, deterministic, cache=None, cache_offsets=None):
+  def __call__(self, x, positions, masks: AttentionMasks, deterministic, cache=None,
+               cache_offsets=None, use_window=False):
     cfg = self.config
     h = Norm(cfg, name="pre_attention_norm")(x)
-    attn, new_cache = Attention(cfg, name="attention")(h, positions, mask, deterministic, cache,
-                                                      cache_offsets)
+    attn, new_cache = Attention(cfg, name="attention")(h, positions, masks, deterministic, cache,
+                                                      cache_offsets, use_window)
     if cfg.parallel_block:
       y = x + attn + MLP(cfg, name="mlp")(h, deterministic)
     else:
@@ -50,17 +52,22 @@ class _ScannedLayer(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, deterministic, cache_offsets):
+  def __call__(self, x, per_layer, positions, masks, deterministic, cache_offsets):
+    layer_cache, use_window = per_layer
+    if use_window is None:  # every layer makes the same choice: a static bool
+      use_window = self.config.window_layers[0]
     layer_cls = _maybe_remat(DecoderLayer, self.config)
-    y, new_cache = layer_cls(self.config, name="layer")(x, positions, mask, deterministic,
-                                                        layer_cache, cache_offsets)
+    y, new_cache = layer_cls(self.config, name="layer")(x, positions, masks, deterministic,
+                                                        layer_cache, cache_offsets, use_window)
     return y, new_cache
 
 
 def _maybe_remat(cls, cfg: DecoderConfig):
   if cfg.remat_policy == "none":
     return cls
-  return nn.remat(cls, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(4,))
+  # `deterministic` and a static `use_window` are Python bools; a scanned one is traced.
+  static = (4,) if cfg.scan_layers and cfg.window_varies_by_layer else (4, 7)
+  return nn.remat(cls, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=static)
 
 
 class Decoder(nn.Module):
@@ -104,6 +111,8 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     b, length = decoder_input_tokens.shape
+    plain_causal = (cache is None and decoder_segment_ids is None and decoder_positions is None
+                    and decoder_causal_attention is None)
     if decoder_segment_ids is None:
       decoder_segment_ids = jnp.ones((b, length), jnp.int32)
     if decoder_positions is None:
@@ -111,9 +120,11 @@ class Decoder(nn.Module):
     if cache is None:
       key_segment_ids, key_positions = decoder_segment_ids, decoder_positions
       key_causal_attention = decoder_causal_attention
-    mask = attention_mask(decoder_positions, key_positions, decoder_segment_ids, key_segment_ids,
-                          decoder_causal_attention, key_causal_attention)
-    mask = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)  # additive bias, built once
+    impl = resolve_impl(cfg, cached=cache is not None)
+    masks = build_masks(cfg, impl, query_positions=decoder_positions, key_positions=key_positions,
+                        query_segments=decoder_segment_ids, key_segments=key_segment_ids,
+                        query_prefix=decoder_causal_attention, key_prefix=key_causal_attention,
+                        cached=cache is not None, plain_causal=plain_causal)
 
     deterministic = not enable_dropout
     x = self.embedding.astype(cfg.compute_dtype)[decoder_input_tokens]
@@ -122,12 +133,16 @@ class Decoder(nn.Module):
 
     new_cache = None
     if cfg.scan_layers:
-      x, new_cache = self.layers(x, cache, decoder_positions, mask, deterministic, cache_offsets)
+      # Per-layer window choices that differ are a scanned input, not a Python branch.
+      window_flags = jnp.array(cfg.window_layers) if cfg.window_varies_by_layer else None
+      x, new_cache = self.layers(x, (cache, window_flags), decoder_positions, masks,
+                                 deterministic, cache_offsets)
     else:
       caches = []
       for i, layer in enumerate(self.layers):
         layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
-        x, c = layer(x, decoder_positions, mask, deterministic, layer_cache, cache_offsets)
+        x, c = layer(x, decoder_positions, masks, deterministic, layer_cache, cache_offsets,
+                     cfg.window_layers[i])
         caches.append(c)
       if cache is not None:
         new_cache = jax.tree.map(lambda *cs: jnp.stack(cs), *caches)

@@ -2,8 +2,9 @@
 
 Model FLOPs per token = 6 N + 12 L H Q T, with N the non-embedding parameter count and attention
 counted in full (not halved for causality); rematerialisation is not counted (that would be HFU).
-Peak FLOP/s: a datasheet table for accelerators, or, on CPU, a float32 matrix multiply measured in
-the same process (so the ratio is taken against what this machine can actually do).
+Peak FLOP/s: the dense bf16 datasheet figure for accelerators (`PEAK_FLOPS_TABLE`, with sources),
+or, on CPU, a float32 matrix multiply measured in the same process (so the ratio is taken against
+what this machine can actually do).
 """
 
 from __future__ import annotations
@@ -15,11 +16,35 @@ import jax.numpy as jnp
 
 from ul2flan.model.config import DecoderConfig
 
-# Dense bf16 peak FLOP/s per chip (vendor figures).
-KNOWN_PEAK_FLOPS = {
-    "h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12, "tpu v5p": 459e12,
-    "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v6 lite": 918e12,
-}
+# Dense bf16 peak FLOP/s per chip: (device_kind match, FLOP/s, source). NVIDIA's datasheets print
+# tensor-core figures "with sparsity", twice the dense rate; the dense half is what a transformer
+# step can use. NVIDIA kinds match by substring, most specific first ("NVIDIA H100 80GB HBM3" is
+# the SXM part); TPU kinds (as jax reports them: v5e is "TPU v5 lite", v5p is "TPU v5", v6e is
+# "TPU v6 lite") match exactly, so "TPU v4 lite" (v4i) is not taken for a v4.
+PEAK_FLOPS_TABLE = (
+    ("h100 pcie", 756e12, "NVIDIA H100 datasheet, PCIe: BF16 1,513 TFLOPS with sparsity"),
+    ("h100 nvl", 835e12, "NVIDIA H100 datasheet, NVL: BF16 1,671 TFLOPS with sparsity"),
+    ("h100", 989e12, "NVIDIA H100 datasheet, SXM: BF16 1,979 TFLOPS with sparsity"),
+    ("h200 nvl", 835e12, "NVIDIA H200 datasheet, NVL: BF16 1,671 TFLOPS with sparsity"),
+    ("h200", 989e12, "NVIDIA H200 datasheet, SXM: BF16 1,979 TFLOPS with sparsity"),
+    ("a100", 312e12, "NVIDIA A100 datasheet (SXM and PCIe): BF16 312 TFLOPS dense"),
+    ("tpu v4", 275e12, "Cloud TPU v4 docs: 275 TFLOPS bf16 per chip"),
+    ("tpu v5 lite", 197e12, "Cloud TPU v5e docs: 197 TFLOPS bf16 per chip"),
+    ("tpu v5e", 197e12, "Cloud TPU v5e docs: 197 TFLOPS bf16 per chip"),
+    ("tpu v5", 459e12, "Cloud TPU v5p docs: 459 TFLOPS bf16 per chip"),
+    ("tpu v5p", 459e12, "Cloud TPU v5p docs: 459 TFLOPS bf16 per chip"),
+    ("tpu v6 lite", 918e12, "Cloud TPU v6e (Trillium) docs: 918 TFLOPS bf16 per chip"),
+    ("tpu v6e", 918e12, "Cloud TPU v6e (Trillium) docs: 918 TFLOPS bf16 per chip"),
+)
+
+
+def datasheet_peak(device_kind: str) -> tuple[float, str] | None:
+  """(dense bf16 FLOP/s, source) for a jax `device_kind`, or None for one not in the table."""
+  kind = device_kind.lower().strip()
+  for match, flops, source in PEAK_FLOPS_TABLE:
+    if (kind == match) if match.startswith("tpu") else (match in kind):
+      return flops, f"{device_kind}: {source}"
+  return None
 
 
 def model_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
@@ -43,10 +68,9 @@ def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> f
 
 def peak_flops_per_device(measure_on_cpu: bool = True) -> tuple[float, str]:
   dev = jax.devices()[0]
-  kind = dev.device_kind.lower()
-  for key, flops in KNOWN_PEAK_FLOPS.items():
-    if key in kind:
-      return flops, f"{dev.device_kind} datasheet bf16 dense peak"
+  known = datasheet_peak(dev.device_kind)
+  if known is not None:
+    return known
   if dev.platform == "cpu" and measure_on_cpu:
     # All CPU "devices" of a forced multi-device host share the same cores: measure once, for
     # the whole host, and split it evenly.
