@@ -44,7 +44,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         try:
           body = f"{body}={next(it)}"
         except StopIteration:
-          raise SystemExit(f"error: {arg} needs a value (--gin.NAME=VALUE)") from None
+          raise ValueError(f"{arg} needs a value (--gin.NAME=VALUE)") from None
       name, value = body.split("=", 1)
       bindings.append(f"{name} = {value}")
     else:

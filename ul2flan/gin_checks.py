@@ -6,6 +6,7 @@ real name. What gin lets through silently, and `check_bindings` refuses:
 - a macro bound but referenced nowhere: `--gin.TRAIN_STEP=4` next to `%TRAIN_STEPS` is a new
   macro, and the run trains to the default step count;
 - a macro referenced but bound nowhere (`%MODEL_DIR`): a TypeError deep inside a call, later;
+  or, for `train`, one a gin file leaves `%gin.REQUIRED` (ul2r.gin's INITIAL_CHECKPOINT_PATH);
 - a scoped binding whose scope no reference enters (`trian/DatasetConfig.batch_size`);
 - a configurable the running command never calls: `run_pipeline.*` given to `ul2flan train`, or
   `DecoderConfig.*` at the pipeline's top level, where each stage parses its own gin files.
@@ -137,6 +138,11 @@ def _macro_problems(command: str | None, ever_referenced: set[str], rebound: set
   for name in sorted(set(referenced) - bound):
     problems.append(f"macro %{name} (used by {', '.join(referenced[name])}) is bound nowhere"
                     f"{closest('%' + name, bound)}")
+  if command == "train":  # what train reads must have a value; other commands may not read it
+    for name in sorted(set(referenced) & bound):
+      if str(_CONFIG[(name, MACRO_SELECTOR)].get("value")) == "%gin.REQUIRED":
+        problems.append(f"macro {name} has no value (a gin file leaves it %gin.REQUIRED for you to"
+                        f" set): pass --gin.{name}=VALUE")
   hint = f" ({STAGE_HINT})" if command == "pipeline" else ""
   for name in sorted(bound - set(referenced)):
     if name not in ever_referenced | set(referenced):
@@ -193,5 +199,5 @@ def check_bindings(command: str | None = None, ever_referenced: Iterable[str] = 
   problems = (_macro_problems(command, set(ever_referenced), set(rebound)) + _scope_problems(refs)
               + _command_problems(command))
   if problems:
-    raise ValueError("gin configuration has bindings that nothing reads:\n  "
+    raise ValueError("bad gin configuration (see `ul2flan train --help`):\n  "
                      + "\n  ".join(problems))

@@ -1,8 +1,8 @@
 """`ul2flan` command line: train, pipeline, infer, eval, inspect-task.
 
 Gin handling follows t5x: `--gin_file=A.gin` (repeatable) and `--gin.NAME=VALUE` bindings, applied
-in order. Configuration and input errors print `error: ...` and exit 2, without a traceback unless
-UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own exit status:
+in order. Configuration and input errors (ValueError; OSError for paths) print `error: ...` and
+exit 2, without a traceback unless UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own exit status:
 75 after a SIGTERM / SIGINT (checkpoint committed: re-run to resume), 3 on divergence.
 """
 
@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  bindings, argv = config_lib.split_gin_args(argv)
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  try:
+    bindings, argv = config_lib.split_gin_args(argv)
+  except ValueError as e:
+    parser.error(str(e))  # exits 2 with the usage line, like any other argument error
+  args = parser.parse_args(argv)
   args.gin = bindings
   logs.setup()
   try:
@@ -51,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except guards.RunStopped as e:
     print(f"{type(e).__name__.lower()}: {_without_gin_context(e)}", file=sys.stderr)
     return e.exit_code
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # OSError: a path that is missing, a file, not writable
     if logs.verbose():
       raise
     print(f"error: {_without_gin_context(e)}", file=sys.stderr)

@@ -7,14 +7,17 @@ most likely typed (`BATCH_SIZE`, `TRAIN_STEPS`, ...).
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Mapping
 
 from ul2flan.checks import check_choice, check_int
 from ul2flan.training import data as data_lib
 
-# Converter -> the task features its layout needs.
-REQUIRED_FEATURES = {"lm": ("targets",), "prefix_lm": ("inputs", "targets"),
-                     "prefix_lm_causal": ("inputs", "targets")}
+def _importable(module: Any) -> bool:
+  try:
+    return isinstance(module, str) and importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # a missing parent package, an empty name
+    return False
 
 
 def check_dataset(cfg: data_lib.DatasetConfig, scope: str) -> None:
@@ -23,16 +26,20 @@ def check_dataset(cfg: data_lib.DatasetConfig, scope: str) -> None:
   if not isinstance(cfg.mixture_or_task_name, str) or not cfg.mixture_or_task_name:
     raise ValueError(f"{where}.mixture_or_task_name (MIXTURE_OR_TASK_NAME) must be a task or "
                      f"mixture name, got {cfg.mixture_or_task_name!r}")
+  if cfg.module is not None and not _importable(cfg.module):
+    raise ValueError(f"{where}.module (MIXTURE_OR_TASK_MODULE) {cfg.module!r} is not an "
+                     f"importable module; name the module that registers the task, or None")
   check_int(cfg.batch_size, f"{where}.batch_size (BATCH_SIZE)")
   check_int(cfg.num_data_shards, f"{where}.num_data_shards", allow_none=True)
-  check_choice(cfg.feature_converter, REQUIRED_FEATURES,
+  check_choice(cfg.feature_converter, data_lib.FEATURE_CONVERTERS,
                f"{where}.feature_converter (FEATURE_CONVERTER)")
   lengths = cfg.task_feature_lengths
   name = f"{where}.task_feature_lengths (TASK_FEATURE_LENGTHS)"
   if not isinstance(lengths, Mapping):
     raise ValueError(f"{name} must be a dict such as {{'inputs': 1024, 'targets': 1024}}, got "
                      f"{lengths!r}")
-  missing = [k for k in REQUIRED_FEATURES[cfg.feature_converter] if k not in lengths]
+  needed = sorted(data_lib.FEATURE_CONVERTERS[cfg.feature_converter].TASK_FEATURES)
+  missing = [k for k in needed if k not in lengths]
   if missing:
     raise ValueError(f"{name} = {dict(lengths)} has no {missing} length, which the "
                      f"{cfg.feature_converter!r} feature converter needs")
