@@ -75,7 +75,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.clear_config()
   referenced, rebound = set(), set()
   for path in resolved:
-    _parse(gin.parse_config_file, path, f"gin file {path}")
+    _parse(gin.parse_config_file, path, f"file {path}")
     referenced |= gin_checks.referenced_macros()
   for binding in bindings:
     _parse(gin.parse_config, binding, f"binding `{binding}`")

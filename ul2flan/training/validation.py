@@ -29,6 +29,7 @@ def check_dataset(cfg: data_lib.DatasetConfig, scope: str) -> None:
   if cfg.module is not None and not _importable(cfg.module):
     raise ValueError(f"{where}.module (MIXTURE_OR_TASK_MODULE) {cfg.module!r} is not an "
                      f"importable module; name the module that registers the task, or None")
+  data_lib.get_task(cfg.mixture_or_task_name, cfg.module)  # registered, or says what is
   check_int(cfg.batch_size, f"{where}.batch_size (BATCH_SIZE)")
   check_int(cfg.num_data_shards, f"{where}.num_data_shards", allow_none=True)
   check_choice(cfg.feature_converter, data_lib.FEATURE_CONVERTERS,
