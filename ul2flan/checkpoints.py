@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ul2flan import integrity
+from ul2flan.checks import check_choice, check_int
 from ul2flan import paths
 from ul2flan import process_files
 
@@ -48,6 +49,16 @@ class CheckpointConfig:
   # aside to <step>.damaged (never deleted) and resumes from the newest intact step.
   fallback_to_intact: bool = False
   checksums: bool = True  # write checksums.json with each step (and verify it on restore)
+
+  def __post_init__(self):
+    check_int(self.save_period, "CheckpointConfig.save_period")
+    check_int(self.keep, "CheckpointConfig.keep (None keeps every step)", allow_none=True)
+    check_choice(self.initial_checkpoint_mode, ("params", "full"),
+                 "CheckpointConfig.initial_checkpoint_mode (INITIAL_CHECKPOINT_MODE)")
+    path = self.initial_checkpoint_path
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+      raise ValueError(f"CheckpointConfig.initial_checkpoint_path (INITIAL_CHECKPOINT_PATH) must "
+                       f"be a quoted path such as \"'gs://bucket/run'\" or None, got {path!r}")
 
 
 class CheckpointShapeError(ValueError):

@@ -15,31 +15,19 @@ import dataclasses
 import inspect
 import json
 import os
-from typing import Any, Mapping, Sequence
+import re
+import tokenize
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
+from ul2flan import gin_checks
 from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.model.config import DecoderConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO_FILE = "run.json"
-
-# Module paths of configurables before the package was grouped by stage: an old gin file that
-# names one gets told the new name (short names such as `DecoderConfig.d_model` never changed).
-MOVED = {
-    "ul2flan.denoisers.demo_task_lengths": "ul2flan.demo.corpus.demo_task_lengths",
-    "ul2flan.denoisers": "ul2flan.ul2.denoisers",
-    "ul2flan.corpus_sources.register_ul2": "ul2flan.ul2.tasks.register_ul2",
-    "ul2flan.corpus_sources": "ul2flan.ul2.sources",
-    "ul2flan.vocab": "ul2flan.vocabularies",
-    "ul2flan.model.DecoderConfig": "ul2flan.model.config.DecoderConfig",
-    "ul2flan.trainer": "ul2flan.training.trainer",
-    "ul2flan.data": "ul2flan.training.data",
-    "ul2flan.optim": "ul2flan.training.optim",
-    "%MODEL_DIR": "--model_dir (MODEL_DIR is no longer a gin macro)",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,7 +44,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         try:
           body = f"{body}={next(it)}"
         except StopIteration:
-          raise SystemExit(f"error: {arg} needs a value (--gin.NAME=VALUE)") from None
+          raise ValueError(f"{arg} needs a value (--gin.NAME=VALUE)") from None
       name, value = body.split("=", 1)
       bindings.append(f"{name} = {value}")
     else:
@@ -72,42 +60,75 @@ def resolve_gin_file(path: str) -> str:
   raise ValueError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
-  """Clears gin, then parses the files and bindings; gin's errors become ones that say what to fix."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
+              command: str | None = None) -> None:
+  """Clears gin, then parses the files and bindings, in order, and checks that each is read.
+
+  A parse error names the file or binding and the closest real name; `gin_checks.check_bindings`
+  refuses macros and bindings nothing will read (`command`: "train" or "pipeline" also refuses
+  configurables that command never calls).
+  """
   gin.add_config_file_search_path(REPO_ROOT)
   gin.add_config_file_search_path(os.getcwd())
   resolved = [resolve_gin_file(p) for p in gin_files]
   with gin.unlock_config():
     gin.clear_config()
+  referenced, rebound = set(), set()
+  for path in resolved:
+    _parse(gin.parse_config_file, path, f"file {path}")
+    referenced |= gin_checks.referenced_macros()
+  for binding in bindings:
+    _parse(gin.parse_config, binding, f"binding `{binding}`")
+    referenced |= gin_checks.referenced_macros()
+    rebound.add(gin_checks.bound_macro(binding))
+  gin_checks.check_bindings(command, referenced, rebound - {None})
+
+
+def _parse(parse: Callable[[str], Any], text: str, where: str) -> None:
   try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, NameError) as e:
+    parse(text)
+  except (ValueError, KeyError, SyntaxError, NameError, TypeError, tokenize.TokenError) as e:
     msg = str(e).splitlines()[0] if str(e) else repr(e)
-    moved = next((f"; {old} is now {new}" for old, new in MOVED.items()
-                  if old in msg or old.lstrip("%") in msg.split("'")), "")
-    raise ValueError(f"bad gin configuration: {msg}{moved}\n  (check the spelling of --gin.NAME=VALUE "
-                     f"bindings and gin files; `ul2flan train --help` lists the "
-                     f"configurables)") from None
+    if isinstance(e, tokenize.TokenError):
+      msg = f"unbalanced brackets or quotes ({e.args[0]})"
+    raise ValueError(f"bad gin {where}: {gin_checks.explain_parse_error(msg)}\n  (check the "
+                     f"spelling of --gin.NAME=VALUE bindings and gin files; `ul2flan train "
+                     f"--help` lists the macros and configurables)") from None
 
 
-def describe_configurables(prefix: str = "ul2flan.") -> str:
-  """One line per registered gin configurable of ul2flan: `Name(param, param=default, ...)`."""
+def describe_configurables(prefix: str = "ul2flan.", only: Sequence[str] | None = None,
+                           exclude: Sequence[str] = ()) -> str:
+  """One line per registered gin configurable of ul2flan (those in `only`, none in `exclude`):
+  `Name(param=default, ...)`, listing the parameters gin may bind (not those a caller passes)."""
   lines = []
   registry = gin.config._REGISTRY  # pylint: disable=protected-access  (gin has no public listing)
   for selector in sorted(registry._selector_map):  # pylint: disable=protected-access
-    if not selector.startswith(prefix):
-      continue
     configurable = registry[selector]
+    if (not selector.startswith(prefix) or configurable.name in exclude
+        or (only is not None and configurable.name not in only)):
+      continue
     params = []
     for p in inspect.signature(configurable.wrapped).parameters.values():
-      if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
+      if (p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self"
+          or p.name in (configurable.denylist or ())
+          or (configurable.allowlist and p.name not in configurable.allowlist)):
         continue
       if p.default is inspect.Parameter.empty or p.default is gin.REQUIRED:
-        params.append(f"{p.name}=REQUIRED" if p.default is gin.REQUIRED else p.name)
+        params.append(f"{p.name}=REQUIRED")
       else:
         params.append(f"{p.name}={p.default!r}")
     lines.append(f"  {configurable.name}({', '.join(params)})")
   return "\n".join(lines)
+
+
+def describe_macros(gin_file: str = "gin_configs/runs/base.gin") -> str:
+  """The macros a run file binds, with their values there (`NAME = VALUE` lines)."""
+  with open(resolve_gin_file(gin_file)) as f:
+    lines = [m.group(0) for m in map(_MACRO_LINE.match, f) if m]
+  return "\n".join(f"  {line}" for line in lines)
+
+
+_MACRO_LINE = re.compile(r"[A-Z][A-Z0-9_]* = [^#\n]*[^#\s]")
 
 
 def query(name: str, default: Any = None) -> Any:

@@ -31,3 +31,18 @@ def resolve(path: PathLike) -> epath.Path:
 def join(path: PathLike, *parts: str) -> str:
   """`path/part/...` as a string, for APIs that take strings (a URL stays a URL)."""
   return os.fspath(resolve(path).joinpath(*parts))
+
+
+def make_writable_dir(path: PathLike, what: str) -> epath.Path:
+  """Creates `path` (and its parents) if needed; ValueError saying what is wrong otherwise."""
+  target = resolve(path)
+  if target.exists() and not target.is_dir():
+    raise ValueError(f"{what} {target} is a file, not a directory; pass a directory")
+  try:
+    target.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create {what} {target}: {e.strerror or e}") from None
+  if not is_url(target) and not os.access(target, os.W_OK | os.X_OK):
+    raise ValueError(f"{what} {target} is not writable by this user; pass a directory you can "
+                     f"write to, or fix its permissions")
+  return target

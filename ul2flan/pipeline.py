@@ -55,7 +55,7 @@ def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
               f", starting from the params of {spec.init_from}" if spec.init_from else "")
   bindings = [f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'"] if spec.init_from else []
   config_lib.parse_gin(list(model_gin) + list(spec.gin_files),
-                       bindings + list(model_bindings) + list(spec.bindings))
+                       bindings + list(model_bindings) + list(spec.bindings), command="train")
   trainer.train(stage_dir, stage_name=spec.name)
   if jax.process_index() == 0:
     done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))

@@ -1,9 +1,9 @@
 """`ul2flan` command line: train, pipeline, infer, eval, inspect-task, import-hf, export-hf.
 
 Gin handling follows t5x: `--gin_file=A.gin` (repeatable) and `--gin.NAME=VALUE` bindings, applied
-in order. Configuration and input errors print `error: ...` and exit 2, without a traceback unless
-UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to go on, with its own exit status:
-75 after a SIGTERM / SIGINT (checkpoint committed: re-run to resume), 3 on divergence.
+in order. Configuration and input errors (ValueError; OSError for paths) print `error: ...` and
+exit 2, without a traceback unless UL2FLAN_VERBOSE=1. A run stopped cleanly says why and how to
+go on, with its own exit status: 75 after a SIGTERM / SIGINT (checkpoint committed: re-run to resume), 3 on divergence.
 """
 
 from __future__ import annotations
@@ -52,20 +52,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command. As the process's command (`argv` None), a data error exits immediately."""
   is_process_command = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
-  bindings, argv = config_lib.split_gin_args(argv)
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  try:
+    bindings, argv = config_lib.split_gin_args(argv)
+  except ValueError as e:
+    parser.error(str(e))  # exits 2 with the usage line, like any other argument error
+  args = parser.parse_args(argv)
   args.gin = bindings
   logs.setup()
   try:
     return int(COMMANDS[args.command].run(args) or 0)
-  except (ValueError, FileNotFoundError) as e:
+  except guards.RunStopped as e:
+    print(f"{type(e).__name__.lower()}: {_without_gin_context(e)}", file=sys.stderr)
+    return e.exit_code
+  except (ValueError, OSError) as e:  # OSError: a path that is missing, a file, not writable
     if logs.verbose():
       raise
-    message = "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_without_gin_context(e)}", file=sys.stderr)
     if isinstance(e, data.InputPipelineError):
       _end_after_pipeline_error(is_process_command)
     return 2
+
+
+def _without_gin_context(e: Exception) -> str:
+  """The message, less the line gin appends ("In call to configurable ...")."""
+  return "\n".join(line for line in str(e).splitlines() if "In call to configurable" not in line)
 
 
 def _end_after_pipeline_error(is_process_command: bool) -> None:

@@ -8,6 +8,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from ul2flan.checks import check_int, check_number
+
 MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 # How attention is computed (`DecoderConfig.attention_impl`); `model/attention.py` resolves "auto".
@@ -75,6 +77,11 @@ class DecoderConfig:
   query_scale: float | None = None  # scores use q * query_scale**-0.5 (None: head_dim**-0.5)
 
   def __post_init__(self):
+    for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                  "mlp_dim"):
+      check_int(getattr(self, field), f"DecoderConfig.{field}")
+    check_number(self.dropout_rate, "DecoderConfig.dropout_rate (DROPOUT_RATE)", 0.0, 1.0)
+    check_number(self.norm_epsilon, "DecoderConfig.norm_epsilon", 0.0)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")

@@ -6,8 +6,10 @@ import gin
 import jax.numpy as jnp
 import optax
 
+from ul2flan.checks import check_int, check_number
 
-@gin.configurable
+
+@gin.configurable(denylist=["total_steps"])  # train() passes its own TRAIN_STEPS
 def make_schedule(kind: str = "rsqrt", base_learning_rate: float = 1e-2, warmup_steps: int = 100,
                   total_steps: int | None = None, end_learning_rate: float = 0.0,
                   decay_steps: int | None = None, linear_warmup: bool = False) -> optax.Schedule:
@@ -18,6 +20,8 @@ def make_schedule(kind: str = "rsqrt", base_learning_rate: float = 1e-2, warmup_
   linearly to `base_learning_rate` then decays to `end_learning_rate` over `decay_steps`
   (default: the run's total steps).
   """
+  check_number(base_learning_rate, "make_schedule.base_learning_rate (LEARNING_RATE)", 0.0)
+  check_int(warmup_steps, "make_schedule.warmup_steps", minimum=0)
   if kind == "constant":
     if warmup_steps:
       return lambda step: base_learning_rate * jnp.minimum(1.0, (step + 1) / warmup_steps)

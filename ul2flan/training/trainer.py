@@ -29,6 +29,7 @@ from ul2flan.training import hooks as hooks_lib
 from ul2flan.training import metrics as metrics_lib
 from ul2flan.training import mfu
 from ul2flan.training import optim
+from ul2flan.training import validation
 from ul2flan.training.steps import StepBuilder, TrainState, batch_spec
 
 logger = logging.getLogger(__name__)
@@ -223,14 +224,17 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
   Stops early by raising `guards.Preempted` (SIGTERM / SIGINT, after committing the step) or
   `guards.Diverged` (a non-finite step under `on_nonfinite='stop'`; nothing non-finite is saved).
   """
+  validation.check_train_settings(
+      train_dataset_cfg=train_dataset_cfg, eval_dataset_cfg=eval_dataset_cfg,
+      total_steps=total_steps, eval_period=eval_period, eval_steps=eval_steps,
+      log_period=log_period, num_microbatches=num_microbatches, seed=seed)
   model_dir = str(paths.resolve(model_dir))
   model_config = model_config or DecoderConfig()
   partitioner = partitioner or partitioning.Partitioner()
   checkpoint_cfg = checkpoint_cfg or checkpoints.CheckpointConfig()
-  if jax.process_index() == 0:
-    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-  _write_configs(model_dir, model_config, train_dataset_cfg)
   _check_batch(train_dataset_cfg, partitioner, num_microbatches)
+  if jax.process_index() == 0:
+    paths.make_writable_dir(model_dir, "model dir (--model_dir)")
 
   schedule = optim.make_schedule(total_steps=total_steps)
   builder = StepBuilder(model_config, partitioner, optim.make_optimizer(schedule), schedule,
@@ -244,7 +248,12 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
       state, data_state, how = restore_or_init(builder, manager, model_dir, checkpoint_cfg,
                                                   seed, data_lib.state_files(train_dataset_cfg))
       start_step = int(state.step)
-      logger.info("[%s] %s; training to step %d in %s", stage_name, how, total_steps, model_dir)
+      _write_configs(model_dir, model_config, train_dataset_cfg)  # once the start is known good
+      if start_step >= total_steps:
+        logger.info("[%s] %s: already at step %d >= TRAIN_STEPS=%d, nothing to train in %s",
+                    stage_name, how, start_step, total_steps, model_dir)
+      else:
+        logger.info("[%s] %s; training to step %d in %s", stage_name, how, total_steps, model_dir)
       result = TrainResult(model_dir=model_dir, step=start_step, last_metrics={}, last_eval={})
       if start_step < total_steps:
         _train_steps(
