@@ -15,8 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 from typing import Callable
 

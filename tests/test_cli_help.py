@@ -14,7 +14,7 @@ from ul2flan import config
 from ul2flan.commands import main as cli
 
 REGISTRY = gin.config._REGISTRY  # pylint: disable=protected-access
-PIPELINE_ONLY = {"run_pipeline", "evaluation_settings"}
+PIPELINE_ONLY = {"run_pipeline", "evaluation_settings", "hf_import_settings", "hf_export_settings"}
 
 
 def _help(command: str) -> str:

@@ -11,8 +11,6 @@ import tensorflow as tf
 from ul2flan.ul2 import sources as corpus_sources
 from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import denoisers
-from ul2flan.ul2 import lengths as ul2_lengths
-from ul2flan.ul2 import preprocessors
 from ul2flan import vocabularies
 from ul2flan.demo import world
 

@@ -45,7 +45,6 @@ def test_packed_lm_batch_layout():
 
 
 def test_bad_feature_converter_and_batch_errors():
-  import pytest
   with pytest.raises(ValueError, match="feature_converter must be one of"):
     data.HostIterator(lm_dataset(feature_converter="seq2seq"), 0, 1)
   with pytest.raises(ValueError, match="not divisible"):

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import seqio
 
-from ul2flan.ul2 import sources as corpus_sources
 from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import lengths as ul2_lengths
-from ul2flan.ul2 import preprocessors
 from ul2flan import vocabularies as vocab_lib
 from ul2flan.demo import world
 

@@ -4,7 +4,6 @@ Llama saved with transformers beside a tokenizer trained here -> import -> UL2R 
 every stage, the Flan-U one checked in transformers against ul2flan's own checkpoint."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """Trainer: mesh equivalence, exact resume, microbatching, params-only restore, clear errors."""
 
-import json
 import os
 import re
 
@@ -102,9 +101,9 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
   builder = steps.StepBuilder(micro_config(), part, *_tx(), seed=0, z_loss=1e-4,
                                 num_microbatches=1)
   mgr = checkpoints.make_manager(str(dst), checkpoints.CheckpointConfig())
-  state, pos, how = trainer.restore_or_init(
+  state, data_state, how = trainer.restore_or_init(
       builder, mgr, str(dst), checkpoints.CheckpointConfig(initial_checkpoint_path=str(src)), 0)
-  assert int(state.step) == 0 and pos == 0 and "fresh optimizer" in how
+  assert int(state.step) == 0 and data_state == {"batches_consumed": 0} and "fresh optimizer" in how
   _, src_params = _final_params(src)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), src_params)
   fresh = builder.init_opt_state(state.params)

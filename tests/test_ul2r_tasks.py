@@ -5,7 +5,6 @@ import collections
 import io
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from ul2flan.demo import corpus as demo_corpus
 from ul2flan.demo import world
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import tasks as ul2_tasks
-from ul2flan.ul2 import lengths as ul2_lengths
-from ul2flan.ul2 import preprocessors
 from ul2flan.commands import inspect_task
 from ul2flan.training import data
 from ul2flan import vocabularies as vocab_lib

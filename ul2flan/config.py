@@ -61,19 +61,20 @@ def resolve_gin_file(path: str) -> str:
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
-              command: str | None = None) -> None:
+              command: str | None = None, optional_macros: Sequence[str] = ()) -> None:
   """Clears gin, then parses the files and bindings, in order, and checks that each is read.
 
   A parse error names the file or binding and the closest real name; `gin_checks.check_bindings`
   refuses macros and bindings nothing will read (`command`: "train" or "pipeline" also refuses
-  configurables that command never calls).
+  configurables that command never calls). `optional_macros` may go unread: the pipeline binds
+  its `stage_macros` in every stage, and each stage reads only its own.
   """
   gin.add_config_file_search_path(REPO_ROOT)
   gin.add_config_file_search_path(os.getcwd())
   resolved = [resolve_gin_file(p) for p in gin_files]
   with gin.unlock_config():
     gin.clear_config()
-  referenced, rebound = set(), set()
+  referenced, rebound = set(optional_macros), set()
   for path in resolved:
     _parse(gin.parse_config_file, path, f"file {path}")
     referenced |= gin_checks.referenced_macros()
@@ -81,7 +82,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     _parse(gin.parse_config, binding, f"binding `{binding}`")
     referenced |= gin_checks.referenced_macros()
     rebound.add(gin_checks.bound_macro(binding))
-  gin_checks.check_bindings(command, referenced, rebound - {None})
+  gin_checks.check_bindings(command, referenced, rebound - {None} - set(optional_macros))
 
 
 def _parse(parse: Callable[[str], Any], text: str, where: str) -> None:

@@ -32,7 +32,7 @@ _REGISTRY = gin.config._REGISTRY
 MACRO_SELECTOR = "gin.macro"
 
 # Configurables read only by `ul2flan pipeline` (train never calls them).
-PIPELINE_ONLY = ("run_pipeline", "evaluation_settings")
+PIPELINE_ONLY = ("run_pipeline", "evaluation_settings", "hf_import_settings", "hf_export_settings")
 COMMANDS = ("train", "pipeline")
 
 # Names from before the package was grouped by stage: an old gin file that uses one is told the
@@ -50,7 +50,8 @@ MOVED = {
     "%MODEL_DIR": "--model_dir (MODEL_DIR is no longer a gin macro)",
 }
 
-STAGE_HINT = ("the pipeline's top level reads only run_pipeline.* and evaluation_settings.*; each "
+STAGE_HINT = ("the pipeline's top level reads only run_pipeline.*, evaluation_settings.* and "
+              "hf_import_settings.* / hf_export_settings.*; each "
               "stage parses its own gin files, so put stage settings in "
               "run_pipeline.model_bindings (every stage) or run_pipeline.<stage>_bindings, e.g. "
               "--gin.run_pipeline.base_bindings=\"['TRAIN_STEPS = 100']\"")

@@ -44,8 +44,10 @@ class StageSpec:
 
 
 def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
-              model_bindings: Sequence[str] = ()) -> str:
-  """Trains one stage (or skips it when finished). Returns the stage directory."""
+              model_bindings: Sequence[str] = (), optional_macros: Sequence[str] = ()) -> str:
+  """Trains one stage (or skips it when finished). Returns the stage directory.
+
+  `optional_macros`: macros bound in `model_bindings` that this stage may leave unread."""
   stage_dir = paths.join(model_dir, spec.name)
   done = paths.resolve(stage_dir) / "DONE"
   if done.exists():
@@ -55,7 +57,8 @@ def run_stage(spec: StageSpec, model_dir: str, model_gin: Sequence[str],
               f", starting from the params of {spec.init_from}" if spec.init_from else "")
   bindings = [f"INITIAL_CHECKPOINT_PATH = '{spec.init_from}'"] if spec.init_from else []
   config_lib.parse_gin(list(model_gin) + list(spec.gin_files),
-                       bindings + list(model_bindings) + list(spec.bindings), command="train")
+                       bindings + list(model_bindings) + list(spec.bindings), command="train",
+                       optional_macros=optional_macros)
   trainer.train(stage_dir, stage_name=spec.name)
   if jax.process_index() == 0:
     done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
@@ -104,15 +107,16 @@ def run_pipeline(model_dir: str, *,
 
   dirs = {}
   if initial_checkpoint_path and importer.is_hf_model_dir(initial_checkpoint_path):
-    dirs["base"] = importer.import_hf(initial_checkpoint_path, os.path.join(model_dir, "base"),
+    dirs["base"] = importer.import_hf(initial_checkpoint_path, paths.join(model_dir, "base"),
                                       **import_settings)
-    model_gin = (os.path.join(dirs["base"], importer.MODEL_GIN),) + model_gin
+    model_gin = (paths.join(dirs["base"], importer.MODEL_GIN),) + model_gin
     logger.info("stage base: the Hugging Face model %s, imported into %s",
                 initial_checkpoint_path, dirs["base"])
   elif initial_checkpoint_path:
     dirs["base"] = initial_checkpoint_path
     logger.info("stage base: using the given checkpoint %s", initial_checkpoint_path)
-  stage = lambda spec: run_stage(spec, model_dir, model_gin, model_bindings)
+  stage = lambda spec: run_stage(spec, model_dir, model_gin, model_bindings,
+                                 optional_macros=tuple(stage_macros or ()))
   if "base" not in dirs:
     dirs["base"] = stage(StageSpec("base", base_gin_files, base_bindings, None))
   plan = [
@@ -131,7 +135,7 @@ def run_pipeline(model_dir: str, *,
     trained.append(spec.name)
   if export_settings is not None:
     for name in trained:  # each is skipped when its export is already there
-      exporter.export_hf(dirs[name], os.path.join(dirs[name], "hf"), **export_settings)
+      exporter.export_hf(dirs[name], paths.join(dirs[name], "hf"), **export_settings)
   logger.info("training stages finished after %.0fs", time.time() - t0)
   if not evaluate or last_stage is not None:
     return 0

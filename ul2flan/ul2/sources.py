@@ -22,7 +22,6 @@ raises an error that names the file. Later malformed JSONL lines raise errors na
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
