@@ -282,7 +282,7 @@ def test_load_generator_from_trainer_checkpoint(trained_model_dir, tmp_path):
   gin_file = tmp_path / "micro.gin"
   gin_file.write_text("\n".join(b.replace("=", " = ") for b in helpers.MICRO_BINDINGS)
                       + "\nFEATURE_CONVERTER = 'prefix_lm'\n")
-  config.parse_gin([str(gin_file)])
+  config.parse_gin([str(gin_file)], optional_macros=config.RUN_INFO_MACROS)
   step_dir = os.path.join(trained_model_dir, "checkpoints", "1")
   generator = generator_lib.load_generator(step_dir, config.run_info_from_gin())
   assert generator.prefix_lm is True and generator.config == micro_config()

@@ -183,6 +183,11 @@ class RunInfo:
     return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
 
 
+# Macros `run_info_from_gin` reads: a model given by gin files may bind them with nothing else
+# referring to them (pass as `parse_gin(..., optional_macros=RUN_INFO_MACROS)`).
+RUN_INFO_MACROS = ("FEATURE_CONVERTER", "TASK_FEATURE_LENGTHS")
+
+
 def run_info_from_gin() -> RunInfo:
   """The RunInfo the current gin configuration describes (for models given by gin files)."""
   converter = (query("train/DatasetConfig.feature_converter") or query("%FEATURE_CONVERTER")

@@ -98,7 +98,7 @@ def load_generator(args: argparse.Namespace, **kwargs) -> generator_lib.Generato
     raise ValueError("--gin.NAME=VALUE bindings describe a model given by --gin_file; without "
                      "gin files the model is the one its run.json describes")
   if args.gin_file:
-    config_lib.parse_gin(args.gin_file, args.gin)
+    config_lib.parse_gin(args.gin_file, args.gin, optional_macros=config_lib.RUN_INFO_MACROS)
     run_info = config_lib.run_info_from_gin()
   return generator_lib.load_generator(args.checkpoint, run_info, **kwargs)
 
