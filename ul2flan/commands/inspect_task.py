@@ -312,6 +312,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     raise InspectError(f"cannot build {args.name!r} split {args.split!r}: {e}") from None
   except FileNotFoundError as e:
     raise InspectError(str(e)) from None
+  except tf.errors.OpError as e:  # bad data; main frees the pipeline and exits 2
+    raise data.InputPipelineError(f"reading {args.name!r} split {args.split!r} failed: "
+                                  f"{data.pipeline_error_message(e)}") from None
   if not examples:
     raise InspectError(f"{args.name!r} split {args.split!r} produced no examples")
   feature_vocabularies = {k: f.vocabulary for k, f in task.output_features.items()}
