@@ -68,52 +68,84 @@ def run_pipeline(model_dir: str, *,
                  flan_bindings: Sequence[str] = (),
                  compare: bool = True,
                  evaluate: bool = True,
-                 last_stage: str | None = None) -> int:
-  """Runs every stage, evaluates the models and writes MODEL_DIR/report.md.
+                 last_stage: str | None = None,
+                 seed: int = 0,
+                 seeds: Sequence[int] = ()) -> int:
+  """Runs every stage, evaluates the models and writes MODEL_DIR/report.md and report.json.
 
   `last_stage` ("base", "ul2r", "flan_ul2r" or "flan_base") stops after that stage, without
-  evaluation: e.g. "ul2r" makes only the U-model.
+  evaluation: e.g. "ul2r" makes only the U-model. `seed` is every stage's SEED (initialization
+  and data order). `seeds` (several) runs the whole pipeline once per seed, in MODEL_DIR/seed_<k>,
+  and writes one report over them (each metric's mean, min and max).
   """
   if last_stage is not None and last_stage not in STAGES:
     raise ValueError(f"run_pipeline.last_stage must be one of {STAGES}, got {last_stage!r}")
+  seeds = [int(k) for k in seeds] or [int(seed)]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"run_pipeline.seeds must be distinct, got {seeds}")
   model_dir = str(paths.resolve(model_dir))
-  if jax.process_index() == 0:
-    paths.resolve(model_dir).mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  model_gin, base_gin_files, ul2r_gin_files, flan_gin_files = (
-      tuple(model_gin), tuple(base_gin_files), tuple(ul2r_gin_files), tuple(flan_gin_files))
-  base_bindings, ul2r_bindings, flan_bindings = (
-      tuple(base_bindings), tuple(ul2r_bindings), tuple(flan_bindings))
+  plan = _Plan(tuple(model_gin), tuple(model_bindings), initial_checkpoint_path,
+               StageSpec("base", tuple(base_gin_files), tuple(base_bindings), None),
+               StageSpec("ul2r", tuple(ul2r_gin_files), tuple(ul2r_bindings), "base"),
+               (tuple(flan_gin_files), tuple(flan_bindings)), compare, last_stage)
   eval_settings = evaluation_settings()  # read before stages clear the gin config
-  stage = lambda spec: run_stage(spec, model_dir, model_gin, tuple(model_bindings))
-
-  dirs = {}
-  if initial_checkpoint_path:
-    dirs["base"] = initial_checkpoint_path
-    logger.info("stage base: using the given checkpoint %s", initial_checkpoint_path)
-  else:
-    dirs["base"] = stage(StageSpec("base", base_gin_files, base_bindings, None))
-  plan = [
-      StageSpec("ul2r", ul2r_gin_files, ul2r_bindings, "base"),
-      StageSpec("flan_ul2r", flan_gin_files,
-                flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm'",), "ul2r"),
-  ]
-  if compare:  # Flan straight from the causal base keeps it causal, as Flan-PaLM was.
-    plan.append(StageSpec("flan_base", flan_gin_files,
-                          flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm_causal'",), "base"))
-  for spec in plan:
-    if last_stage in dirs:
-      break
-    dirs[spec.name] = stage(dataclasses.replace(spec, init_from=dirs[spec.init_from]))
-  logger.info("training stages finished after %.0fs", time.time() - t0)
-  if not evaluate or last_stage is not None:
+  multi = len(seeds) > 1
+  results_by_seed = {}
+  for k in seeds:
+    run_dir = paths.join(model_dir, f"seed_{k}") if multi else model_dir
+    dirs = _train_stages(plan, run_dir, k)
+    if not evaluate or last_stage is not None:
+      continue
+    results = {name: demo_evaluate.evaluate_model(name, dirs[name], run_dir, eval_settings)
+               for name in report.LABELS if name in dirs}
+    results_by_seed[k] = results
+    path = report.write_report(run_dir, dirs, results, {**eval_settings, "seed": k})
+    logger.info("report (seed %d): %s", k, path)
+  logger.info("pipeline finished after %.0fs", time.time() - t0)
+  if not results_by_seed:
     return 0
-  results = {name: demo_evaluate.evaluate_model(name, dirs[name], model_dir, eval_settings)
-             for name in report.LABELS if name in dirs}
-  path = report.write_report(model_dir, dirs, results, eval_settings)
-  logger.info("report: %s (total %.0fs)", path, time.time() - t0)
+  if multi:
+    path = report.write_seeds_report(model_dir, results_by_seed, eval_settings)
   print(paths.resolve(path).read_text())
   return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  model_gin: tuple[str, ...]
+  model_bindings: tuple[str, ...]
+  initial_checkpoint_path: str | None
+  base: StageSpec
+  ul2r: StageSpec
+  flan: tuple[tuple[str, ...], tuple[str, ...]]  # gin files, bindings
+  compare: bool
+  last_stage: str | None
+
+
+def _train_stages(plan: _Plan, model_dir: str, seed: int) -> dict[str, str]:
+  """Trains (or skips, when done) every stage of one seed; returns stage name -> its dir."""
+  if jax.process_index() == 0:
+    paths.resolve(model_dir).mkdir(parents=True, exist_ok=True)
+  bindings = plan.model_bindings + (f"SEED = {seed}",)
+  stage = lambda spec: run_stage(spec, model_dir, plan.model_gin, bindings)
+  dirs = {}
+  if plan.initial_checkpoint_path:
+    dirs["base"] = plan.initial_checkpoint_path
+    logger.info("stage base: using the given checkpoint %s", plan.initial_checkpoint_path)
+  else:
+    dirs["base"] = stage(plan.base)
+  flan_gin, flan_bindings = plan.flan
+  specs = [plan.ul2r, StageSpec("flan_ul2r", flan_gin,
+                                flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm'",), "ul2r")]
+  if plan.compare:  # Flan straight from the causal base keeps it causal, as Flan-PaLM was.
+    specs.append(StageSpec("flan_base", flan_gin,
+                           flan_bindings + ("FEATURE_CONVERTER = 'prefix_lm_causal'",), "base"))
+  for spec in specs:
+    if plan.last_stage in dirs:
+      break
+    dirs[spec.name] = stage(dataclasses.replace(spec, init_from=dirs[spec.init_from]))
+  return dirs
 
 
 @gin.configurable
