@@ -157,6 +157,8 @@ def test_knowledge_check_ranks_every_value_of_the_attribute(prefix_lm):
   expected = sum(100 * ((100 if a in ("city", "pet") else 0) - c) / (100 - c)
                  for a, c in chance.items()) / 5
   assert metrics["knowledge_corpus_normalized"] == pytest.approx(expected)
+  assert metrics["knowledge_chance"] == pytest.approx((100 / 16 + 100 / 10 + 100 / 12 + 12.5
+                                                       + 12.5) / 5)
   # Causal models (Flan-base too) continue the text without the EOS of an instruction prompt.
   assert model.calls == [("score_ids", prefix_lm)]
 

@@ -88,7 +88,7 @@ def knowledge_check(gen) -> tuple[dict, list[dict]]:
     k += len(it["pool"])
     rows.append({**{x: it[x] for x in ("name", "attribute", "phrasing", "prompt", "gold")},
                  "choice": choice, "correct": choice == it["gold"]})
-  metrics = {}
+  metrics = {"knowledge_chance": probes.knowledge_chance()}
   for phrasing in ("corpus", "heldout"):
     acc = {a: 100.0 * _mean(r["correct"] for r in rows
                             if r["phrasing"] == phrasing and r["attribute"] == a)

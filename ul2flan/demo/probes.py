@@ -49,6 +49,12 @@ def attribute_pool(attribute: str) -> tuple[str, ...]:
           "job": world.JOBS, "color": world.COLORS, "pet": world.PETS}[attribute]
 
 
+def knowledge_chance() -> float:
+  """The knowledge cloze's chance accuracy, averaged over the attributes (%)."""
+  return sum(100.0 / len(attribute_pool(a)) for a in KNOWLEDGE_ATTRIBUTES) / len(
+      KNOWLEDGE_ATTRIBUTES)
+
+
 def knowledge_items(phrasing: str = "corpus") -> list[dict]:
   """One cloze per (person, attribute): prompt text, gold value and the attribute's pool."""
   clozes = {"corpus": CORPUS_CLOZES, "heldout": HELDOUT_CLOZES}[phrasing]

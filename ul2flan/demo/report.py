@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ul2flan import paths
+from ul2flan.demo import probes
 from ul2flan.evaluation import scoring
 from ul2flan.training.metrics import read_metrics
 
@@ -166,7 +167,8 @@ def write_seeds_report(model_dir: str, results_by_seed: dict[int, dict[str, dict
            "option with the highest log-likelihood (as FLAN 2021 and T0 score multiple choice). "
            "Normalized = 100 (acc - chance) / (100 - chance), averaged over the held-out tasks, "
            "as in the Flan paper. Knowledge cloze: the true value ranked among all values of "
-           "its attribute (chance 12.5-17%), before any finetuning for the base.", ""]
+           "its attribute (chance 6-12.5% per attribute), before any finetuning for the base.",
+           ""]
   lines += _headline_table(summary, multi)
   if not multi:
     lines += ["", "### Held-out tasks (accuracy %)", ""] + _task_table(results_by_seed[seeds[0]])
@@ -224,7 +226,7 @@ def direction_notes(summary: dict) -> list[str]:
     notes.append(f"- The base learned the world: knowledge cloze {k['mean']:.1f}% "
                  f"(min {k['min']:.1f}) with the corpus phrasing, "
                  f"{summary['base']['knowledge_heldout_accuracy']['mean']:.1f}% with new ones "
-                 "(chance 12.5-17%).")
+                 f"(chance {probes.knowledge_chance():.1f}%).")
   gen = "heldout_generation_normalized"
   notes += [
       _claim(summary, "Flan-base generalises to held-out tasks (gen, normalized) vs base",
