@@ -214,7 +214,7 @@ def _claim(summary: dict, text: str, a: str, b: str, key: str, margin: float = 0
             f"(difference {mean:+.1f}" + (f", target +{margin:.0f}" if margin else "")
             + (f"; {'every' if every_seed else 'not every'} seed, "
                f"{'larger' if beyond_spread else 'not larger'} than the spread" if seeds > 1
-               else "") + ")")
+               else "; one seed, no spread to compare with") + ")")
   return f"- {text}: {detail} -> " + ("shown." if holds else "NOT shown at this scale.")
 
 
