@@ -227,3 +227,35 @@ def test_benchmark_prompts_are_fitted_as_ul2flan_eval_fits_them():
   config = harness.fitted_to(harness.HarnessConfig(), Model())
   assert config.max_prompt_tokens == 12 and config.count_tokens("a b c") == 4
   assert harness.fitted_to(harness.HarnessConfig(), Model(), 5).max_prompt_tokens == 5
+
+
+def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, monkeypatch):
+  from ul2flan import pipeline  # pylint: disable=g-import-not-at-top
+  trained, evaluated, reports = [], [], {}
+
+  def fake_stage(spec, model_dir, model_gin, model_bindings=()):
+    trained.append((spec.name, model_dir, spec.init_from, tuple(model_bindings)))
+    return f"{model_dir}/{spec.name}"
+
+  monkeypatch.setattr(pipeline, "run_stage", fake_stage)
+  monkeypatch.setattr(pipeline.demo_evaluate, "evaluate_model",
+                      lambda name, ckpt, run_dir, settings: evaluated.append((name, run_dir))
+                      or {"metrics": {"x": float(len(evaluated))}, "tasks": {}})
+  monkeypatch.setattr(pipeline.report, "write_report",
+                      lambda run_dir, dirs, results, settings: reports.setdefault(
+                          run_dir, settings["seed"]) and f"{run_dir}/report.md")
+  monkeypatch.setattr(pipeline.report, "write_seeds_report",
+                      lambda model_dir, by_seed, settings: reports.setdefault(
+                          "all", sorted(by_seed)) and str(tmp_path / "r.md"))
+  (tmp_path / "r.md").write_text("report")
+  assert pipeline.run_pipeline(str(tmp_path), seeds=[3, 5]) == 0
+  for seed in (3, 5):
+    run_dir = str(tmp_path / f"seed_{seed}")
+    stages = [t for t in trained if t[1] == run_dir]
+    assert [s[0] for s in stages] == ["base", "ul2r", "flan_ul2r", "flan_base"]
+    assert all(s[3] == (f"SEED = {seed}",) for s in stages)
+    assert [s[2] for s in stages[1:]] == [f"{run_dir}/base", f"{run_dir}/ul2r", f"{run_dir}/base"]
+    assert [e[0] for e in evaluated if e[1] == run_dir] == ["base", "ul2r", "flan_base",
+                                                            "flan_ul2r"]
+    assert reports[run_dir] == seed
+  assert reports["all"] == [3, 5]
