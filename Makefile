@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-quick bench clean
+.PHONY: install test demo demo-quick demo-seeds bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ test: install
 
 demo: install
 	$(VENV)/bin/ul2flan pipeline --gin_file=gin_configs/demo.gin --model_dir=$(DEMO_DIR)
+
+# The demo for 3 seeds (runs/demo_seeds/seed_<k>), one report over them: mean [min, max].
+demo-seeds: install
+	$(VENV)/bin/ul2flan pipeline --gin_file=gin_configs/demo.gin --model_dir=runs/demo_seeds \
+		--gin.run_pipeline.seeds=[0,1,2]
 
 demo-quick: install
 	$(VENV)/bin/ul2flan pipeline --gin_file=gin_configs/demo_quick.gin --model_dir=runs/demo_quick

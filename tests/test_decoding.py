@@ -110,13 +110,13 @@ def test_prompt_layout_matches_seqio_prefix_lm_converter():
   converted = seqio.PrefixLMFeatureConverter(pack=False)(
       tf.data.Dataset.from_tensors(example), {"inputs": 8, "targets": 8})
   features = next(iter(converted.as_numpy_iterator()))
-  prompt = decoding.model_prompt(ids, prefix_lm=True)
+  prompt = decoding.model_prompt(ids, ends_with_eos=True)
   assert prompt == [BOS] + ids + [EOS]
   assert list(features["decoder_input_tokens"][:len(prompt)]) == prompt
   assert list(features["decoder_causal_attention"][:len(prompt) + 1]) == [1] * len(prompt) + [0]
   # The first target is predicted at the last prompt position.
   assert features["decoder_target_tokens"][len(prompt) - 1] == 55
-  assert decoding.model_prompt(ids, prefix_lm=False) == [BOS] + ids
+  assert decoding.model_prompt(ids, ends_with_eos=False) == [BOS] + ids
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["layers", "scan"])
@@ -294,6 +294,48 @@ def test_load_generator_from_trainer_checkpoint(trained_model_dir, tmp_path):
   run_json.write_text(run_json.read_text().replace('"feature_converter": "lm"',
                                                    '"feature_converter": "prefix_lm"'))
   assert generator_lib.load_generator(str(prefix_dir)).prefix_lm is True
+
+
+def test_causal_prefix_lm_is_prompted_as_its_converter_trained_it(trained_model_dir, tmp_path):
+  """A `prefix_lm_causal` model (Flan-base) was trained on `BOS inputs EOS targets`, causally:
+  `ul2flan infer` / `eval` must prompt it with that EOS and score options at the same positions.
+  The reference is the training layout itself: `CausalPrefixLMFeatureConverter`'s features."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from ul2flan.training import data  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / "flan_base_like"
+  shutil.copytree(trained_model_dir, model_dir)
+  run_json = model_dir / "run.json"
+  run_json.write_text(run_json.read_text().replace('"feature_converter": "lm"',
+                                                   '"feature_converter": "prefix_lm_causal"'))
+  generator = generator_lib.load_generator(str(model_dir), batch_size=4)
+  assert generator.prefix_lm is False and generator.prompt_eos is True
+  spm = generator.vocabulary
+  prompt, option = "Alice lives in", "Paris"
+  ids, target = list(spm.encode(prompt)), list(spm.encode(option))
+  example = {"inputs": tf.constant(ids + [EOS], tf.int32),
+             "targets": tf.constant(target + [EOS], tf.int32)}
+  converter = data.FEATURE_CONVERTERS["prefix_lm_causal"](pack=False)
+  features = next(iter(converter(tf.data.Dataset.from_tensors(example),
+                                 {"inputs": 16, "targets": 16}).as_numpy_iterator()))
+  assert "decoder_causal_attention" not in features  # trained causally
+  prompt_slots = len(ids) + 2  # BOS, the inputs, their EOS
+  assert generator.encode(prompt) == list(features["decoder_input_tokens"][:prompt_slots])
+  assert generator.count_tokens(prompt) == len(ids) + 1  # as the inputs length measured it
+  # The first target is predicted at the EOS: greedy decoding continues from there.
+  [[text]] = generator.generate([prompt], max_new_tokens=STEPS)
+  expected = reference_greedy(micro_config(), generator.params, generator.encode(prompt), False,
+                              STEPS, eos_id=EOS)
+  assert text == spm.decode([t for t in expected if t != EOS])
+  # Rank classification = the training loss's log-likelihood of `targets EOS` on those features.
+  logits = _reference_forward(micro_config())(
+      generator.params, features["decoder_input_tokens"][None],
+      (features["decoder_loss_weights"] * 0 + 1)[None].astype(np.int32), None)
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1))
+  weights = features["decoder_loss_weights"]
+  want = float(np.sum(logp[np.arange(len(weights)), features["decoder_target_tokens"]] * weights))
+  [[got]] = generator.score_options([prompt], [[option]])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_load_generator_errors(trained_model_dir, tmp_path):

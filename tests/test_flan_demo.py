@@ -112,8 +112,48 @@ def test_heldout_families_never_leak_into_training():
                     for e in demo_tasks.heldout_eval_examples(s)}
   assert not heldout_inputs & set(train_inputs)
   # The held-out questions themselves are never asked in training.
-  for word in ("country", "older", "how many times", "moves of the"):
-    assert word not in train_text.lower(), word
+  for task in HELDOUT_TASKS:
+    for word in NOVEL_WORDING[task]:
+      assert word not in train_text.lower(), (task, word)
+
+
+# Words that name what each held-out family asks; none of them occurs in any training example.
+NOVEL_WORDING = {
+    "demo_heldout_country": ("country",),
+    "demo_heldout_age_compare": ("older", "born earlier"),
+    "demo_heldout_move_count": ("how many times", "moves of the"),
+    "demo_heldout_story_person": ("besides", "apart from", "other than"),
+    "demo_heldout_start_place": ("before anyone", "start out", "original"),
+    "demo_heldout_given_away": ("give away", "handed", "parted with"),
+}
+
+
+def _word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+  words = re.findall(r"[a-z']+", text.lower())
+  return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_heldout_templates_share_no_wording_with_training():
+  """No three consecutive words of a held-out template's own wording (the text between its
+  placeholders) occur in any training template or in any formatted training example."""
+  registry = templates.default_registry()
+  train_families = [registry.family(f.template_family) for f in demo_tasks.TRAIN_FAMILIES]
+  train_grams = set()
+  for family in train_families:
+    for template in family.templates:
+      for text, *_ in string.Formatter().parse(template.inputs + " " + template.targets):
+        train_grams |= _word_ngrams(text, 3)
+    for trigger in family.cot_triggers:
+      train_grams |= _word_ngrams(trigger, 3)
+  for e in all_training_examples():
+    train_grams |= _word_ngrams(e.inputs, 3) | _word_ngrams(e.targets, 3)
+  assert set(NOVEL_WORDING) == set(HELDOUT_TASKS)
+  for f in demo_tasks.HELDOUT_FAMILIES:
+    family = registry.family(f.template_family)
+    for template in family.templates:
+      for text, *_ in string.Formatter().parse(template.inputs):
+        shared = _word_ngrams(text, 3) & train_grams
+        assert not shared, (f.task, template.inputs, sorted(shared))
 
 
 def _people_named(text):
@@ -132,13 +172,24 @@ def test_heldout_eval_examples_are_correct_against_the_world(split):
       assert option in e["inputs"]  # zero-shot prompts list the options
     if e["task"] == "demo_heldout_country":
       (person,) = _people_named(e["inputs"].split("\n")[0])
-      assert e["targets"] == world.CITIES[person.city] and e["chance"] == 25
+      assert e["targets"] == world.CITIES[person.city] == person.country and e["chance"] == 25
     elif e["task"] == "demo_heldout_age_compare":
       people = _people_named(e["inputs"].split("\n")[0])
       assert len(people) == 2 and e["chance"] == 50
       assert e["targets"] == max(people, key=lambda p: p.age).name
-    else:
+    elif e["task"] == "demo_heldout_move_count":
       assert int(e["targets"]) == e["inputs"].count(" moves the ") and e["chance"] == 25
+    elif e["task"] == "demo_heldout_story_person":
+      named = {p.name for p in _people_named(e["inputs"].split("\n")[0])}
+      assert len(named) == 2 and e["targets"] in named and e["chance"] == 25
+      assert re.search(rf"(Besides|Apart from|other than) (?!{e['targets']})\w+", e["inputs"])
+    elif e["task"] == "demo_heldout_start_place":
+      first = re.search(r"The \w+ is in the (\w+)\.", e["inputs"]).group(1)
+      assert e["targets"] == first and len(e["options"]) == 3
+    else:
+      assert e["task"] == "demo_heldout_given_away"
+      given = re.search(r"gives (\d+) \w+ away", e["inputs"]).group(1)
+      assert e["targets"] == given and e["chance"] == 25
 
 
 def test_heldout_splits_are_disjoint_and_match_the_seqio_tasks():

@@ -56,7 +56,7 @@ def test_measured_shares_match_capped_normalized_rates():
 
   n = 12000
   ds = seqio.MixtureRegistry.get(name).get_dataset(
-      sequence_length={"inputs": 8, "targets": 4}, split="train", shuffle=True, seed=0,
+      sequence_length={"inputs": 8, "targets": 8}, split="train", shuffle=True, seed=0,
       num_epochs=None)
   v = vocab.get_vocabulary()
   by_tokens = {tuple(v.encode(w)) + (1,): t for t, w in words.items()}  # + EOS

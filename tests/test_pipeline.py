@@ -58,6 +58,15 @@ def test_interrupted_pipeline_resumes_exactly_and_reports_four_models(tmp_path):
     assert f"| {label} |" in report
     rows = [json.loads(l) for l in (d / "eval" / f"{model}.heldout.jsonl").read_text().splitlines()]
     assert [r["gold"] for r in rows] == gold  # every held-out example, in the generator's order
+  data = json.loads((d / "report.json").read_text())
+  assert data["seeds"] == [0] and list(data["models"]) == ["base", "ul2r", "flan_base", "flan_ul2r"]
+  for model, metrics in data["models"].items():
+    cached = json.loads((d / "eval" / f"{model}.json").read_text())["metrics"]
+    assert metrics == cached
+    for name in ("heldout_generation_normalized", "heldout_rank_normalized",
+                 "infilling_context_accuracy", "infilling_fact_accuracy",
+                 "knowledge_corpus_accuracy", "knowledge_heldout_accuracy"):
+      assert isinstance(metrics[name], float), (model, name)
   assert (d / "comparison.png").stat().st_size > 1000
   assert (d / "training_curves.png").stat().st_size > 1000
 

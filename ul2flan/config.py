@@ -170,6 +170,12 @@ class RunInfo:
     return self.feature_converter == "prefix_lm"
 
   @property
+  def prompt_ends_with_eos(self) -> bool:
+    """Trained as `inputs EOS targets` (both prefix-LM converters, bidirectional or causal): the
+    answer follows that EOS, so a prompt must end with it. A causal LM's prompt must not."""
+    return self.feature_converter in ("prefix_lm", "prefix_lm_causal")
+
+  @property
   def prompt_budget(self) -> int | None:
     """The prompt length trained on: the inputs length (prefix-LM layouts) or the targets one."""
     lengths = self.task_feature_lengths

@@ -55,17 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   # `--gin.NAME=VALUE` bindings are split off by ul2flan.config.split_gin_args: `args.gin`.
 
 
-def token_counter(generator: object) -> common.TokenCounter | None:
-  """The generator's way to count prompt tokens, if it offers one."""
-  count = getattr(generator, "count_tokens", None)
-  if callable(count):
-    return count
-  vocabulary = getattr(generator, "vocabulary", None)
-  if vocabulary is not None and hasattr(vocabulary, "encode"):
-    return lambda text: len(vocabulary.encode(text))
-  return None
-
-
 def run(args: argparse.Namespace) -> int:
   # Settings and data are checked before the (slow) checkpoint load.
   try:
@@ -83,16 +72,10 @@ def run(args: argparse.Namespace) -> int:
                       ", ".join(task.missing))
 
   generator = infer.load_generator(args)
-  count_tokens = token_counter(generator)
-  # A generator that knows its input length limit may say so; the flag overrides it.
-  budget = args.max_prompt_tokens or getattr(generator, "max_prompt_tokens", None)
-  if budget is not None and count_tokens is None:
-    raise ValueError("a prompt token budget needs a generator with count_tokens() or a "
-                     "vocabulary; this one has neither")
+  # A generator that knows its input length limit says so; the flag overrides it.
   output_dir = args.output_dir or os.path.join(args.checkpoint, "eval")
-  config = dataclasses.replace(
-      config, max_prompt_tokens=budget,
-      count_tokens=count_tokens if budget is not None else None, output_dir=output_dir)
+  config = dataclasses.replace(harness.fitted_to(config, generator, args.max_prompt_tokens),
+                               output_dir=output_dir)
   summary = harness.run_suite(generator, tasks, config)
   print(harness.format_summary(summary))
   print(f"results: {os.path.join(output_dir, 'results.json')}")

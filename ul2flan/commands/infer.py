@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     else:
       _print_text(prompt, index, record)
   stats = generator.last_stats
-  print(f"[{'prefix' if generator.prefix_lm else 'causal'} LM] {stats['generated_tokens']} tokens "
+  print(f"[{generator.layout_name}] {stats['generated_tokens']} tokens "
         f"for {stats['examples']} prompts in {stats['seconds']:.2f}s: "
         f"{stats['examples_per_second']:.2f} examples/s, {stats['tokens_per_second']:.1f} "
         f"tokens/s (first call includes compilation)", file=sys.stderr)

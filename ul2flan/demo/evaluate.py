@@ -1,28 +1,39 @@
-"""Evaluation of the demo pipeline's models: held-out tasks, an infilling probe, benchmarks.
+"""Evaluation of the demo pipeline's models: knowledge, held-out tasks, infilling, benchmarks.
 
-- Held-out tasks (`demo_heldout`, never trained on): greedy generation, the answer extracted as
-  the Flan harness does for CoT ("... the answer is X"), exact match against the gold answer;
-  accuracy per task and the Flan paper's chance-normalized score.
-- Infilling probe (U-PaLM): a world fact with one span replaced by sentinel 0, prompted as
-  `[NLU] text-with-<extra_id_0>` — mode token, then the sentinel in the prompt; the model must
-  answer `<extra_id_0> span`. A causal LM was never taught sentinels; a UL2R model was.
-- Optionally the real Flan benchmarks (MMLU, BBH, TyDiQA, MGSM) on a data dir, capped per subtask.
+Every model is prompted in the layout it was trained in (the `Generator` reads it from run.json:
+a causal LM gets `BOS ids`, a prefix LM and a causal prefix LM such as Flan-base `BOS ids EOS`).
+What is measured (`result["metrics"]`, one flat dict per model; `probes` defines the items):
+
+* Knowledge check (`knowledge_*`): cloze accuracy, the true value ranked by log-likelihood among
+  every value of its attribute. Causal models continue the text; a prefix LM gets it as the
+  S denoiser's inputs (`[S2S]` + text, then the value after the EOS).
+* Held-out tasks (`heldout_*`, `demo_heldout`, never trained on): greedy generation, the answer
+  extracted as the Flan harness does ("... the answer is X", else the first line), exact match;
+  and rank classification (the option with the highest log-likelihood). Per task, accuracy and
+  the Flan paper's chance-normalized score; `heldout_valid_answer_rate` is how often the
+  generated answer is one of the listed options at all.
+* Infilling (`infilling_context_*`, `infilling_fact_*`): the R denoiser's inputs with one span
+  replaced by sentinel 0; the model must write that span after `<extra_id_0>`.
+* Optionally the real Flan benchmarks (MMLU, BBH, TyDiQA, MGSM), capped per subtask, with
+  prompts fitted to the model's trained length as `ul2flan eval` fits them.
+
+The model is reached only through `generate`, `generate_ids`, `score_options` and `score_ids`
+(`inference.generator.Generator`), so tests can hand in a stub with known log-likelihoods.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import re
 import time
+from typing import Sequence
 
 import jax
 
 from ul2flan import paths
 from ul2flan import vocabularies
+from ul2flan.demo import probes
 from ul2flan.demo import tasks as demo_tasks
-from ul2flan.demo import world
 from ul2flan.evaluation import harness
 from ul2flan.evaluation import scoring
 from ul2flan.evaluation import suite
@@ -31,69 +42,168 @@ from ul2flan.inference import generator as generator_lib
 logger = logging.getLogger(__name__)
 
 
-def _normalize(text: str) -> str:
-  text = text.strip().lower()
-  text = re.sub(r"[\s]+", " ", text)
-  return text.strip(" .,!?;:\"'")
-
-
 def extract_answer(prediction: str) -> str:
   cot = scoring.extract_cot_answer(prediction)
-  text = cot if cot else prediction
-  return text.split("\n")[0]
+  return (cot if cot else prediction).split("\n")[0]
 
 
 def is_correct(prediction: str, gold: str) -> bool:
-  return _normalize(extract_answer(prediction)) == _normalize(gold)
+  return probes.normalize_text(extract_answer(prediction)) == probes.normalize_text(gold)
 
 
-def infilling_probe(n: int, seed: int = 1234) -> list[dict]:
-  """Facts stated as in the corpus, with the value span masked: (prefix, suffix, gold)."""
-  w = world.make_world()
-  rng = random.Random(seed)
-  out = []
-  for _ in range(n):
-    p = rng.choice(w.people)
-    kind = rng.choice(["city", "job", "color"])
-    if kind == "city":
-      prefix, gold, suffix = f"{p.name} lives in ", p.city, f". {p.name} is a {p.job}."
-    elif kind == "job":
-      prefix, gold, suffix = f"{p.name} works as a ", p.job, f". {p.name} lives in {p.city}."
-    else:
-      prefix, gold, suffix = f"{p.name}'s favorite color is ", p.color, f". {p.name} owns a {p.pet}."
-    out.append({"prefix": prefix, "suffix": suffix, "gold": gold, "kind": kind})
-  return out
+def _mean(xs) -> float:
+  xs = list(xs)
+  return float(sum(xs)) / len(xs) if xs else 0.0
 
 
-def _infilling_prompt_tokens(vocabulary, item: dict, mode_token: str = "[NLU]") -> list[int]:
-  """`[NLU]` + the sentence's tokens with the answer's tokens replaced by sentinel 0.
-
-  Exactly the R denoiser's input layout: the mode token encoded on its own, then the segment's
-  own tokenization with the noise span cut out (so no boundary re-tokenization).
-  """
-  sentinel = vocabularies.sentinel_ids(vocabulary)[0]
-  head = list(vocabulary.encode(item["prefix"].rstrip()))
-  full = list(vocabulary.encode(item["prefix"] + item["gold"] + item["suffix"]))
-  span = len(list(vocabulary.encode(item["prefix"] + item["gold"]))) - len(head)
-  if full[:len(head)] != head:  # the answer merged with the prefix's last piece: mask from there
-    head = head[:-1]
-    span += 1
-  return list(vocabulary.encode(mode_token)) + head + [sentinel] + full[len(head) + span:]
+def ranked_choice(options: Sequence[str], log_likelihoods: Sequence[float]) -> str:
+  """Rank classification: the option with the highest log-likelihood (the first on a tie)."""
+  return options[max(range(len(options)), key=lambda i: log_likelihoods[i])] if options else ""
 
 
-def score_infill(vocabulary, tokens: list[int], gold: str) -> tuple[str, bool]:
-  """The span the model wrote after sentinel 0 (up to the next sentinel / EOS)."""
-  sentinels = vocabularies.sentinel_ids(vocabulary)
-  toks = list(tokens)
-  if toks and toks[0] == sentinels[0]:
-    toks = toks[1:]
-  span = []
-  for t in toks:
-    if t == vocabulary.eos_id or t in sentinels:
-      break
-    span.append(t)
-  text = vocabulary.decode(span)
-  return text, _normalize(text) == _normalize(gold)
+# ---- knowledge ----------------------------------------------------------------------------------
+def continuation_prompt_ids(gen, text: str) -> tuple[list[int], bool]:
+  """(prompt ids, prompt_eos) for continuing `text`: a prefix LM as the S denoiser's inputs, any
+  causal model (a causal prefix LM included) as the causal LM it was pre-trained as."""
+  ids = list(gen.vocabulary.encode(text))
+  if gen.prefix_lm:
+    return list(gen.vocabulary.encode(probes.mode_token("S"))) + ids, True
+  return ids, False
+
+
+def knowledge_check(gen, max_people: int | None = None) -> tuple[dict, list[dict]]:
+  """Cloze accuracy per phrasing (`corpus`, `heldout`) and attribute, and its normalized form;
+  over the first `max_people` people of the world (None: all), every attribute of each."""
+  vocab = gen.vocabulary
+  items = probes.knowledge_items("corpus") + probes.knowledge_items("heldout")
+  people = list(dict.fromkeys(it["name"] for it in items))[:max_people]
+  items = [it for it in items if it["name"] in people]
+  prompts, targets, eos = [], [], None
+  for it in items:
+    ids, eos = continuation_prompt_ids(gen, it["prompt"])
+    for value in it["pool"]:
+      prompts.append(ids)
+      targets.append(list(vocab.encode(f"{value}.")))
+  flat = gen.score_ids(prompts, targets, prompt_eos=eos)
+  rows, k = [], 0
+  for it in items:
+    choice = ranked_choice(it["pool"], flat[k:k + len(it["pool"])])
+    k += len(it["pool"])
+    rows.append({**{x: it[x] for x in ("name", "attribute", "phrasing", "prompt", "gold")},
+                 "choice": choice, "correct": choice == it["gold"]})
+  metrics = {"knowledge_chance": probes.knowledge_chance()}
+  for phrasing in ("corpus", "heldout"):
+    acc = {a: 100.0 * _mean(r["correct"] for r in rows
+                            if r["phrasing"] == phrasing and r["attribute"] == a)
+           for a in probes.KNOWLEDGE_ATTRIBUTES}
+    metrics[f"knowledge_{phrasing}_accuracy"] = _mean(acc.values())
+    metrics[f"knowledge_{phrasing}_normalized"] = _mean(
+        scoring.normalized_score(acc[a], 100.0 / len(probes.attribute_pool(a))) for a in acc)
+    for a, value in acc.items():
+      metrics[f"knowledge_{phrasing}_{a}_accuracy"] = value
+  return metrics, rows
+
+
+# ---- held-out tasks -----------------------------------------------------------------------------
+def heldout_eval(gen, examples: Sequence[dict], max_new_tokens: int) -> dict:
+  """Held-out tasks by generation and by rank classification: rows, per-task and averages."""
+  preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
+                                      max_new_tokens=max_new_tokens)]
+  scores = gen.score_options([e["inputs"] for e in examples],
+                             [list(e["options"]) for e in examples])
+  rows = []
+  for e, p, ll in zip(examples, preds, scores):
+    ranked, extracted = ranked_choice(e["options"], ll), extract_answer(p)
+    options = {probes.normalize_text(o) for o in e["options"]}
+    rows.append({"task": e["task"], "prompt": e["inputs"], "prediction": p,
+                 "extracted": extracted, "gold": e["targets"],
+                 "correct": is_correct(p, e["targets"]), "chance": e["chance"],
+                 "valid_answer": probes.normalize_text(extracted) in options,
+                 "option_log_likelihoods": ll, "ranked_choice": ranked,
+                 "rank_correct": probes.normalize_text(ranked) == probes.normalize_text(
+                     e["targets"])})
+  tasks = {}
+  for task in sorted({r["task"] for r in rows}):
+    rs = [r for r in rows if r["task"] == task]
+    acc, rank_acc = (100.0 * _mean(r[k] for r in rs) for k in ("correct", "rank_correct"))
+    chance = rs[0]["chance"]
+    tasks[task] = {"accuracy": acc, "rank_accuracy": rank_acc, "chance": chance, "n": len(rs),
+                   "valid_answer_rate": 100.0 * _mean(r["valid_answer"] for r in rs),
+                   "normalized": scoring.normalized_score(acc, chance),
+                   "rank_normalized": scoring.normalized_score(rank_acc, chance)}
+  metrics = {"heldout_generation_normalized": _mean(t["normalized"] for t in tasks.values()),
+             "heldout_rank_normalized": _mean(t["rank_normalized"] for t in tasks.values()),
+             "heldout_generation_accuracy": _mean(t["accuracy"] for t in tasks.values()),
+             "heldout_rank_accuracy": _mean(t["rank_accuracy"] for t in tasks.values()),
+             "heldout_valid_answer_rate": _mean(t["valid_answer_rate"] for t in tasks.values())}
+  for task, t in tasks.items():
+    short = task.replace("demo_heldout_", "")
+    metrics[f"heldout_{short}_generation_accuracy"] = t["accuracy"]
+    metrics[f"heldout_{short}_rank_accuracy"] = t["rank_accuracy"]
+  return {"rows": rows, "tasks": tasks, "metrics": metrics}
+
+
+# ---- infilling ----------------------------------------------------------------------------------
+def infilling_eval(gen, items: Sequence[dict], max_new_tokens: int = 8) -> tuple[dict, list[dict]]:
+  """Greedy infills of the probe items (in the model's own prompt layout); exact-match metrics."""
+  vocab = gen.vocabulary
+  first_sentinel = vocabularies.sentinel_ids(vocab)[0]
+  outs = gen.generate_ids([probes.infilling_prompt_ids(vocab, it) for it in items],
+                          max_new_tokens=max_new_tokens)
+  rows = []
+  for item, toks in zip(items, outs):
+    span = probes.infilled_span(vocab, toks)
+    rows.append({**item, "completion": vocab.decode(list(toks)), "span": span,
+                 "starts_with_sentinel": bool(len(toks) and toks[0] == first_sentinel),
+                 "correct": probes.normalize_text(span) == probes.normalize_text(item["gold"])})
+  metrics = {}
+  for probe in sorted({r["probe"] for r in rows}):
+    rs = [r for r in rows if r["probe"] == probe]
+    metrics[f"infilling_{probe}_accuracy"] = 100.0 * _mean(r["correct"] for r in rs)
+    metrics[f"infilling_{probe}_sentinel_rate"] = 100.0 * _mean(
+        r["starts_with_sentinel"] for r in rs)
+    for kind in sorted({r["kind"] for r in rs}):
+      metrics[f"infilling_{probe}_{kind}_accuracy"] = 100.0 * _mean(
+          r["correct"] for r in rs if r["kind"] == kind)
+  return metrics, rows
+
+
+# ---- one model ----------------------------------------------------------------------------------
+def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -> dict:
+  """Every demo measurement of one model; per-example rows go to `out_dir` when given."""
+  result: dict = {"layout": getattr(gen, "layout_name", None), "seconds": {}}
+  metrics: dict = {}
+  t = time.time()
+  knowledge, knowledge_rows = knowledge_check(gen, settings.get("knowledge_max_people"))
+  metrics.update(knowledge)
+  result["seconds"]["knowledge"] = time.time() - t
+
+  t = time.time()
+  examples = demo_tasks.heldout_eval_examples(settings["heldout_split"],
+                                              num_shots=settings["heldout_shots"])
+  cap = settings.get("heldout_max_examples")
+  if cap:  # evenly spaced, so that every held-out family keeps its share
+    examples = examples[::max(1, len(examples) // cap)][:cap]
+  heldout = heldout_eval(gen, examples, settings["max_new_tokens"])
+  metrics.update(heldout["metrics"])
+  result["tasks"] = heldout["tasks"]
+  result["seconds"]["heldout"] = time.time() - t
+
+  t = time.time()
+  n = settings["infilling_examples"]
+  infilling, infill_rows = infilling_eval(
+      gen, probes.infilling_context_items(n) + probes.infilling_fact_items(n))
+  metrics.update(infilling)
+  result["seconds"]["infilling"] = time.time() - t
+  result["metrics"] = metrics
+  if out_dir is not None:
+    _write_jsonl(out_dir / f"{name}.knowledge.jsonl", knowledge_rows)
+    _write_jsonl(out_dir / f"{name}.heldout.jsonl", heldout["rows"])
+    _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
+  if settings.get("benchmarks") and settings.get("benchmarks_data_dir"):
+    result["benchmarks"] = run_benchmarks(
+        gen, settings, None if out_dir is None else str(out_dir / name))
+  return result
 
 
 def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dict) -> dict:
@@ -108,68 +218,24 @@ def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dic
   logger.info("[eval] %s: evaluating the checkpoint %s", name, checkpoint_dir)
   t0 = time.time()
   gen = generator_lib.load_generator(checkpoint_dir, batch_size=settings["batch_size"])
-  result: dict = {"model": name, "checkpoint": checkpoint_dir, "tasks": {}}
-
-  examples = demo_tasks.heldout_eval_examples(settings["heldout_split"],
-                                              num_shots=settings["heldout_shots"])
-  examples = examples[:settings.get("heldout_max_examples")]
-  preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
-                                      max_new_tokens=settings["max_new_tokens"])]
-  scores = gen.score_options([e["inputs"] for e in examples],
-                             [list(e["options"]) for e in examples])
-  rows = []
-  for e, p, ll in zip(examples, preds, scores):
-    ranked = e["options"][max(range(len(ll)), key=ll.__getitem__)] if ll else ""
-    rows.append({"task": e["task"], "prompt": e["inputs"], "prediction": p,
-                 "extracted": extract_answer(p), "gold": e["targets"],
-                 "correct": is_correct(p, e["targets"]), "chance": e["chance"],
-                 "option_log_likelihoods": ll, "ranked_choice": ranked,
-                 "rank_correct": _normalize(ranked) == _normalize(e["targets"])})
-  _write_jsonl(out_dir / f"{name}.heldout.jsonl", rows)
-  for task in sorted({r["task"] for r in rows}):
-    rs = [r for r in rows if r["task"] == task]
-    acc = 100.0 * sum(r["correct"] for r in rs) / len(rs)
-    rank_acc = 100.0 * sum(r["rank_correct"] for r in rs) / len(rs)
-    chance = rs[0]["chance"]
-    result["tasks"][task] = {"accuracy": acc, "rank_accuracy": rank_acc, "chance": chance,
-                             "n": len(rs),
-                             "normalized": 100.0 * (acc - chance) / (100.0 - chance),
-                             "rank_normalized": 100.0 * (rank_acc - chance) / (100.0 - chance)}
-  n_tasks = max(len(result["tasks"]), 1)
-  result["heldout_normalized_average"] = sum(
-      t["normalized"] for t in result["tasks"].values()) / n_tasks
-  result["heldout_rank_normalized_average"] = sum(
-      t["rank_normalized"] for t in result["tasks"].values()) / n_tasks
-
-  probe = infilling_probe(settings["infilling_examples"])
-  vocabulary = gen.vocabulary
-  prompts = [_infilling_prompt_tokens(vocabulary, item) for item in probe]
-  outs = gen.generate_ids(prompts, max_new_tokens=8)
-  infill_rows = []
-  for item, toks in zip(probe, outs):
-    text, ok = score_infill(vocabulary, toks, item["gold"])
-    infill_rows.append({**item, "completion": vocabulary.decode(list(toks)), "span": text,
-                        "correct": ok})
-  _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
-  result["infilling_accuracy"] = 100.0 * sum(r["correct"] for r in infill_rows) / len(infill_rows)
-
-  if settings.get("benchmarks") and settings.get("benchmarks_data_dir"):
-    result["benchmarks"] = _run_benchmarks(gen, settings, str(out_dir / name))
+  result = {"model": name, "checkpoint": checkpoint_dir,
+            **evaluate_generator(gen, settings, out_dir, name)}
   result["eval_seconds"] = time.time() - t0
   if jax.process_index() == 0:
     cache.write_text(json.dumps(result, indent=1))
   return result
 
 
-def _run_benchmarks(gen, settings, out_dir) -> dict:
+def run_benchmarks(gen, settings: dict, out_dir: str | None) -> dict:
+  """The real Flan benchmarks (both modes), prompts fitted to the model as `ul2flan eval` does."""
   scores = {}
   for bench in settings["benchmarks"]:
     tasks = suite.build_tasks(settings["benchmarks_data_dir"], benchmark=bench, mode="both")
-    cfg = harness.HarnessConfig(batch_size=settings["batch_size"],
-                                max_examples_per_subtask=settings["benchmark_max_examples"],
-                                output_dir=paths.join(out_dir, bench))
-    summary = harness.run_suite(gen, tasks, cfg)
-    scores[bench] = summary
+    config = harness.fitted_to(harness.HarnessConfig(
+        batch_size=settings["batch_size"],
+        max_examples_per_subtask=settings["benchmark_max_examples"],
+        output_dir=None if out_dir is None else paths.join(out_dir, bench)), gen)
+    scores[bench] = harness.run_suite(gen, tasks, config)
   return scores
 
 

@@ -144,6 +144,39 @@ def state_tracking_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   return [_episode_fields(world_lib.state_tracking_episode(world, rng)) for _ in range(n)]
 
 
+def _story_questions(facts: dict) -> list[tuple[str, str, Sequence[str]]]:
+  """(question, answer, answer pool) pairs a story answers; never about who is in it."""
+  p, other = facts["person"], facts["other"]
+  cities, pets = sorted(world_lib.CITIES), world_lib.PETS
+  fruits, colors, jobs = world_lib.FRUITS, world_lib.COLORS, world_lib.JOBS
+  if facts["kind"] == "walk":
+    return [(f"Which city did {p.name} walk through?", p.city, cities),
+            (f"What animal was with {p.name}?", p.pet, pets),
+            ("What fruit did they share?", facts["fruit"], fruits),
+            ("Which color did they talk about?", p.color, colors)]
+  if facts["kind"] == "letter":
+    return [(f"Where is life quiet, according to {p.name}?", p.city, cities),
+            ("Which city did the reply come from?", other.city, cities),
+            ("What animal was well?", p.pet, pets)]
+  return [("In which city was the market?", p.city, cities),
+          (f"What fruit did {p.name} buy?", facts["fruit"], fruits),
+          ("What color was the paper?", p.color, colors),
+          ("What is the seller's job?", other.job, jobs)]
+
+
+def story_qa_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """Reading comprehension: a question about a story's places, animals, fruit, colours, jobs."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_story_qa/{split}/{seed}")
+  examples = []
+  for _ in range(n):
+    text, facts = world_lib.story_facts(world, rng)
+    question, answer, pool = rng.choice(_story_questions(facts))
+    examples.append({"context": text, "question": question, "answer": answer,
+                     "options": _with_distractors(answer, pool, 4, rng)})
+  return examples
+
+
 # --------------------------------------------------------------------------------------------
 # Held-out families.
 
@@ -204,6 +237,58 @@ def move_count_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   return examples
 
 
+def story_person_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """Reading: the other person named in a story (options: them, the protagonist, two more)."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_heldout_story_person/{split}/{seed}")
+  names = [p.name for p in world.people]
+  examples = []
+  for _ in range(n):
+    text, p, friend = world_lib.story_with_people(world, rng)
+    others = rng.sample([x for x in names if x not in (p.name, friend.name)], 2)
+    options = [friend.name, p.name] + others
+    rng.shuffle(options)
+    examples.append({"context": text, "name": p.name, "answer": friend.name,
+                     "options": options,
+                     "rationale": f"The story is about {p.name} and {friend.name}."})
+  return examples
+
+
+def start_place_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """Reading: where an object was before it was moved (the training task asks where it ends)."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_heldout_start_place/{split}/{seed}")
+  examples = []
+  for _ in range(n):
+    episode = world_lib.state_tracking_episode(world, rng)
+    obj, start = re.search(r"The (\w+) is in the (\w+)\.", episode.context).groups()
+    examples.append({"context": episode.context, "obj": obj, "answer": start,
+                     "options": list(episode.options),
+                     "rationale": f"Before any move, the {obj} is in the {start}."})
+  return examples
+
+
+def given_away_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """Reading numbers: how many fruit were given away (the training task asks how many are left)."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_heldout_given_away/{split}/{seed}")
+  examples = []
+  while len(examples) < n:
+    p = rng.choice(world.people)
+    fruit = rng.choice(world_lib.FRUITS)
+    a, b = rng.randint(2, 30), rng.randint(2, 20)
+    c = rng.randint(1, a + b - 1)
+    options = [str(x) for x in (a, b, c, a + b - c)]
+    if len(set(options)) < 4:
+      continue
+    rng.shuffle(options)
+    context = (f"{p.name} the {p.job} buys {a} {fruit}. Then {p.name} buys {b} more {fruit}. "
+               f"Later {p.name} gives {c} {fruit} away.")
+    examples.append({"context": context, "name": p.name, "fruit": fruit, "answer": str(c),
+                     "options": options, "rationale": f"{p.name} gives {c} {fruit} away."})
+  return examples
+
+
 # --------------------------------------------------------------------------------------------
 # Registration.
 
@@ -225,7 +310,7 @@ class DemoFamily:
 _TRAIN_SIZES = {"train": 2000, "validation": 200}
 TRAIN_FAMILIES = (
     DemoFamily("demo_flan_fact_qa", "demo_fact_qa", fact_qa_examples, _TRAIN_SIZES,
-               {"zs_opt": 2, "zs_noopt": 2, "fs_opt": 1, "fs_noopt": 1, "zs_noopt_inv": 0.5}),
+               {"zs_opt": 3, "zs_noopt": 2, "fs_opt": 1, "fs_noopt": 0.5, "zs_noopt_inv": 0.5}),
     DemoFamily("demo_flan_fact_check", "demo_fact_check", fact_check_examples,
                {"train": 1000, "validation": 200},
                {"zs_opt": 2, "fs_opt": 1, "zs_noopt": 1, "zs_opt_cot": 1, "fs_opt_cot": 0.5}),
@@ -236,7 +321,9 @@ TRAIN_FAMILIES = (
     DemoFamily("demo_flan_state_tracking", "demo_state_tracking", state_tracking_examples,
                _TRAIN_SIZES,
                # No few-shot CoT: one exemplar with its rationale already overflows the budget.
-               {"zs_opt_cot": 1, "zs_opt": 1, "zs_noopt": 1, "fs_noopt": 0.5, "fs_opt": 0.5}),
+               {"zs_opt_cot": 1, "zs_opt": 2, "zs_noopt": 1, "fs_noopt": 0.5, "fs_opt": 0.5}),
+    DemoFamily("demo_flan_story_qa", "demo_story_qa", story_qa_examples, _TRAIN_SIZES,
+               {"zs_opt": 2, "zs_noopt": 1, "fs_opt": 0.5}),
 )
 _HELDOUT_SIZES = {"validation": 60, "test": 60}
 HELDOUT_FORMAT = "zs_opt"
@@ -246,6 +333,12 @@ HELDOUT_FAMILIES = (
     DemoFamily("demo_heldout_age_compare", "demo_heldout_age_compare", age_compare_examples,
                _HELDOUT_SIZES, {HELDOUT_FORMAT: 1}),
     DemoFamily("demo_heldout_move_count", "demo_heldout_move_count", move_count_examples,
+               _HELDOUT_SIZES, {HELDOUT_FORMAT: 1}),
+    DemoFamily("demo_heldout_story_person", "demo_heldout_story_person", story_person_examples,
+               _HELDOUT_SIZES, {HELDOUT_FORMAT: 1}),
+    DemoFamily("demo_heldout_start_place", "demo_heldout_start_place", start_place_examples,
+               _HELDOUT_SIZES, {HELDOUT_FORMAT: 1}),
+    DemoFamily("demo_heldout_given_away", "demo_heldout_given_away", given_away_examples,
                _HELDOUT_SIZES, {HELDOUT_FORMAT: 1}),
 )
 _FAMILIES = {f.task: f for f in TRAIN_FAMILIES + HELDOUT_FAMILIES}
@@ -260,11 +353,12 @@ def _cached_raw(task: str, split: str, seed: int) -> list[Raw]:
 
 
 def demo_submixtures() -> list[mixtures.Submixture]:
-  """`demo_flan`: knowledge and reasoning weighted equally, each task capped at DEMO_CAP."""
+  """`demo_flan`: knowledge, reading and reasoning, each task capped at DEMO_CAP."""
   return [
-      mixtures.Submixture("knowledge", 0.5, ("demo_flan_fact_qa", "demo_flan_fact_check"),
+      mixtures.Submixture("knowledge", 0.4, ("demo_flan_fact_qa", "demo_flan_fact_check"),
                           DEMO_CAP),
-      mixtures.Submixture("reasoning", 0.5, ("demo_flan_arithmetic", "demo_flan_state_tracking"),
+      mixtures.Submixture("reading", 0.2, ("demo_flan_story_qa",), DEMO_CAP),
+      mixtures.Submixture("reasoning", 0.4, ("demo_flan_arithmetic", "demo_flan_state_tracking"),
                           DEMO_CAP),
   ]
 

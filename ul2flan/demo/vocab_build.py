@@ -17,7 +17,7 @@ import sentencepiece as spm
 from ul2flan import vocabularies
 from ul2flan.demo import world
 
-DEMO_SPM_PIECES = 668  # + 100 sentinels = 768 ids; the corpus supports at most ~714 pieces
+DEMO_SPM_PIECES = 668  # + 100 sentinels = 768 ids (256 of the 668 are byte-fallback pieces)
 
 
 def build_demo_spm(output_path: str = vocabularies.DEMO_SPM_PATH) -> str:
@@ -28,7 +28,7 @@ def build_demo_spm(output_path: str = vocabularies.DEMO_SPM_PATH) -> str:
         f.write(doc + "\n")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=text_path, model_writer=model, vocab_size=DEMO_SPM_PIECES, model_type="unigram",
+        input=text_path, model_writer=model, vocab_size=DEMO_SPM_PIECES, model_type="bpe",
         character_coverage=1.0, byte_fallback=True, split_digits=True, num_threads=1,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, input_sentence_size=0,
         shuffle_input_sentence=False, minloglevel=2)

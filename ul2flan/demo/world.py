@@ -79,14 +79,18 @@ def fact_sentences(p: Person, rng: random.Random) -> list[str]:
   he = "They"
   options = [
       [f"{p.name} lives in {p.city}.", f"{p.name}'s home is in {p.city}.",
-       f"{p.name} has a house in {p.city}, a city in {p.country}."],
+       f"{p.name} has a house in {p.city}, a city in {p.country}.",
+       f"{p.name} resides in {p.city}."],
       [f"{p.name} works as a {p.job}.", f"{p.name} is a {p.job}.",
-       f"By trade, {p.name} is a {p.job}."],
+       f"By trade, {p.name} is a {p.job}.", f"{p.name} earns a living as a {p.job}."],
       [f"{p.name}'s favorite color is {p.color}.", f"{p.name} likes the color {p.color} best.",
-       f"The favorite color of {p.name} is {p.color}."],
+       f"The favorite color of {p.name} is {p.color}.", f"{p.name} loves the color {p.color}."],
       [f"{p.name} has a pet {p.pet}.", f"{p.name} owns a {p.pet}.",
-       f"{he} say {p.name} takes good care of a {p.pet}."],
-      [f"{p.name} is {p.age} years old.", f"{p.name}'s age is {p.age}."],
+       f"{he} say {p.name} takes good care of a {p.pet}.", f"At home, {p.name} keeps a {p.pet}."],
+      [f"{p.name} is {p.age} years old.", f"{p.name}'s age is {p.age}.",
+       f"{p.name} turned {p.age} this year."],
+      [f"{p.name} is from {p.country}.", f"{p.name}'s home country is {p.country}.",
+       f"{p.name} lives in {p.country}, in the city of {p.city}."],
   ]
   return [rng.choice(group) for group in options]
 
@@ -149,20 +153,36 @@ def state_tracking_episode(world: World, rng: random.Random, num_moves: int | No
                  options=tuple(boxes))
 
 
-def story(world: World, rng: random.Random) -> str:
+def story_facts(world: World, rng: random.Random) -> tuple[str, dict]:
+  """A short story about a person and one other person, and what it states.
+
+  The facts: `kind` ("walk", "letter" or "market"), `person`, `other` (Person), `fruit`, `count`.
+  """
   p = rng.choice(world.people)
   friend = rng.choice([q for q in world.people if q is not p])
   fruit = rng.choice(FRUITS)
   n = rng.randint(2, 9)
-  return rng.choice([
-      (f"One morning, {p.name} the {p.job} walked through {p.city} with a {p.pet}. "
-       f"{p.name} met {friend.name}, who works as a {friend.job} in {friend.city}. "
-       f"They shared {n} {fruit} and talked about the color {p.color}."),
-      (f"{p.name} wrote a letter to {friend.name}. In it, {p.name} said that life in {p.city} "
-       f"was quiet and that the {p.pet} was well. {friend.name} answered from {friend.city}."),
-      (f"At the market in {p.city}, {p.name} bought {n} {fruit}. The seller, a {friend.job} named "
-       f"{friend.name}, wrapped them in {p.color} paper."),
+  kind, text = rng.choice([
+      ("walk", f"One morning, {p.name} the {p.job} walked through {p.city} with a {p.pet}. "
+               f"{p.name} met {friend.name}, who works as a {friend.job} in {friend.city}. "
+               f"They shared {n} {fruit} and talked about the color {p.color}."),
+      ("letter", f"{p.name} wrote a letter to {friend.name}. In it, {p.name} said that life in "
+                 f"{p.city} was quiet and that the {p.pet} was well. {friend.name} answered from "
+                 f"{friend.city}."),
+      ("market", f"At the market in {p.city}, {p.name} bought {n} {fruit}. The seller, a "
+                 f"{friend.job} named {friend.name}, wrapped them in {p.color} paper."),
   ])
+  return text, {"kind": kind, "person": p, "other": friend, "fruit": fruit, "count": n}
+
+
+def story_with_people(world: World, rng: random.Random) -> tuple[str, Person, Person]:
+  """A short story about a person and one other person: (text, protagonist, other person)."""
+  text, facts = story_facts(world, rng)
+  return text, facts["person"], facts["other"]
+
+
+def story(world: World, rng: random.Random) -> str:
+  return story_with_people(world, rng)[0]
 
 
 # --------------------------------------------------------------------------------------------

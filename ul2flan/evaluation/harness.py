@@ -78,6 +78,30 @@ class HarnessConfig:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
+def token_counter(generator: object) -> common.TokenCounter | None:
+  """The generator's way to count prompt tokens, if it offers one."""
+  count = getattr(generator, "count_tokens", None)
+  if callable(count):
+    return count
+  vocabulary = getattr(generator, "vocabulary", None)
+  if vocabulary is not None and hasattr(vocabulary, "encode"):
+    return lambda text: len(vocabulary.encode(text))
+  return None
+
+
+def fitted_to(config: HarnessConfig, generator: object,
+              max_prompt_tokens: int | None = None) -> HarnessConfig:
+  """`config` with prompts fitted to the model: the budget is `max_prompt_tokens`, else the
+  generator's own `max_prompt_tokens` (the length it was trained on), measured its way."""
+  count_tokens = token_counter(generator)
+  budget = max_prompt_tokens or getattr(generator, "max_prompt_tokens", None)
+  if budget is not None and count_tokens is None:
+    raise ValueError("a prompt token budget needs a generator with count_tokens() or a "
+                     "vocabulary; this one has neither")
+  return dataclasses.replace(config, max_prompt_tokens=budget,
+                             count_tokens=count_tokens if budget is not None else None)
+
+
 def select_examples(task: common.EvalTask,
                     max_per_subtask: int | None) -> list[common.EvalExample]:
   """The task's examples, at most `max_per_subtask` (the first ones) from each subtask."""

@@ -5,6 +5,8 @@ Prompt layout (what the model saw in training, seqio conventions):
   * Prefix LM (`seqio.PrefixLMFeatureConverter`): inputs end with EOS (id 1); in shifted-input space
     the bidirectional region is BOS + input tokens + that EOS, and the first target is predicted
     at the EOS position. So a prompt is fed as `[0] + ids + [1]`, all of it bidirectional.
+  * Causal prefix LM (`prefix_lm_causal`, Flan-PaLM from a causal PaLM): the same `[0] + ids + [1]`
+    layout as a prefix LM (the model was trained to answer after the inputs' EOS), attended causally.
   * Causal LM (`seqio.DecoderFeatureConverter`): a prompt is `[0] + ids` (no EOS: that would end
     the document), attended causally.
 
@@ -49,10 +51,10 @@ class DecodeResult(NamedTuple):
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def model_prompt(ids: Sequence[int], prefix_lm: bool, eos_id: int = EOS_ID) -> list[int]:
-  """The decoder input tokens of a prompt: BOS, the ids, and EOS (the vocabulary's) for a prefix
-  LM."""
-  return [PAD_ID] + list(ids) + ([eos_id] if prefix_lm else [])
+def model_prompt(ids: Sequence[int], ends_with_eos: bool, eos_id: int = EOS_ID) -> list[int]:
+  """The decoder input tokens of a prompt: BOS, the ids, and EOS (the vocabulary's) for both
+  prefix-LM layouts."""
+  return [PAD_ID] + list(ids) + ([eos_id] if ends_with_eos else [])
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], length: int | None = None

@@ -1,10 +1,15 @@
 """Text generation and option scoring over a trained checkpoint: the `Generator`.
 
-`load_generator(checkpoint)` reads the model dir's `run.json` (architecture, vocabulary, whether it
-is a prefix LM, the trained prompt length) and restores the params once; the `Generator` then
-implements the evaluation harness protocol (`generate`, `count_tokens`) plus `generate_ids`
-(token-level prompts, e.g. infilling with a sentinel inside) and `score_options` (rank
-classification: the log-likelihood of each answer option).
+`load_generator(checkpoint)` reads the model dir's `run.json` (architecture, vocabulary, the
+prompt layout it was trained with, the trained prompt length) and restores the params once; the
+`Generator` then implements the evaluation harness protocol (`generate`, `count_tokens`) plus
+`generate_ids` (token-level prompts, e.g. infilling with a sentinel inside), `score_options` (rank
+classification: the log-likelihood of each answer option) and `score_ids` (token-level scoring).
+
+Prompt layout (`decoding` describes the three): `prefix_lm` says whether the prompt is attended
+bidirectionally, `prompt_eos` whether it ends with the EOS the model was trained to answer after
+(`RunInfo.prompt_ends_with_eos`: true for a prefix LM and for a causal prefix LM such as
+Flan-base, false for a plain causal LM).
 """
 
 from __future__ import annotations
@@ -48,26 +53,44 @@ class Generator:
   """
 
   def __init__(self, config: DecoderConfig, params, vocabulary, *, prefix_lm: bool,
-               batch_size: int = 16, max_prompt_tokens: int | None = None,
+               prompt_eos: bool | None = None, batch_size: int = 16,
+               max_prompt_tokens: int | None = None,
                partitioner: partitioning.Partitioner | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompt_eos = prefix_lm if prompt_eos is None else prompt_eos
+    if prefix_lm and not prompt_eos:
+      raise ValueError("a prefix LM answers after the EOS that ends its inputs: prompt_eos=False "
+                       "only makes sense for a causal model")
     self.config = config
     self.params = params
     self.vocabulary = vocabulary
     self.prefix_lm = prefix_lm
+    self.prompt_eos = prompt_eos
     self.batch_size = batch_size
     self.max_prompt_tokens = max_prompt_tokens
     self.partitioner = partitioner
     self.eos_id = int(vocabulary.eos_id)  # the vocabulary's: 1 for T5-style SentencePiece
     self.last_stats: dict[str, float] = {}
 
+  @property
+  def layout_name(self) -> str:
+    if self.prefix_lm:
+      return "prefix LM"
+    return "causal prefix LM (inputs EOS targets)" if self.prompt_eos else "causal LM"
+
   def count_tokens(self, text: str) -> int:
-    """Prompt length as the training inputs measured it (ids, plus EOS for a prefix LM)."""
-    return len(self.vocabulary.encode(text)) + (1 if self.prefix_lm else 0)
+    """Prompt length as the training inputs measured it (ids, plus the inputs' EOS if any)."""
+    return len(self.vocabulary.encode(text)) + (1 if self.prompt_eos else 0)
 
   def encode(self, text: str) -> list[int]:
-    return decoding.model_prompt(self.vocabulary.encode(text), self.prefix_lm, self.eos_id)
+    return decoding.model_prompt(self.vocabulary.encode(text), self.prompt_eos, self.eos_id)
+
+  def _model_prompt(self, ids: Sequence[int], prompt_eos: bool | None) -> list[int]:
+    prompt_eos = self.prompt_eos if prompt_eos is None else prompt_eos
+    if self.prefix_lm and not prompt_eos:
+      raise ValueError("a prefix LM's prompt ends with the EOS of its inputs")
+    return decoding.model_prompt(list(ids), prompt_eos, self.eos_id)
 
   def decode_text(self, ids: Sequence[int]) -> str:
     ids = list(ids)
@@ -91,12 +114,13 @@ class Generator:
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
   def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                   **sampling) -> list[list[int]]:
+                   prompt_eos: bool | None = None, **sampling) -> list[list[int]]:
     """Token-level `generate` (one sample per prompt): for prompts that are not plain text,
     e.g. an infilling prompt with a sentinel id inside. Prompts are vocabulary ids without
-    BOS/EOS; the prefix-LM / causal layout is added here as for text prompts."""
+    BOS/EOS; the model's layout is added here as for text prompts. `prompt_eos=False` asks a
+    causal prefix LM to continue a text instead (as the causal LM it was before finetuning)."""
     start = time.perf_counter()
-    encoded = [decoding.model_prompt(list(p), self.prefix_lm, self.eos_id) for p in prompts]
+    encoded = [self._model_prompt(p, prompt_eos) for p in prompts]
     outputs = self._generate_encoded(encoded, 1, max_new_tokens=max_new_tokens, **sampling)
     self._record_stats(len(prompts), outputs, time.perf_counter() - start)
     return outputs
@@ -148,20 +172,35 @@ class Generator:
   def score_options(self, prompts: Sequence[str], options: Sequence[Sequence[str]]
                     ) -> list[list[float]]:
     """log P(option + EOS | prompt) for every option of every prompt, teacher-forced."""
-    rows = []
-    for prompt, opts in zip(prompts, options):
-      encoded = self.encode(prompt)
-      rows.extend((encoded, list(self.vocabulary.encode(o)) + [self.eos_id]) for o in opts)
-    scores: list[float] = []
-    if rows:
-      length = bucket_length(max(len(p) + len(t) for p, t in rows))
-      for begin in range(0, len(rows), self.batch_size):
-        scores.extend(self._score_chunk(rows[begin:begin + self.batch_size], length))
+    ids = [list(self.vocabulary.encode(p)) for p in prompts]
+    flat_prompts = [p for p, opts in zip(ids, options) for _ in opts]
+    flat_targets = [list(self.vocabulary.encode(o)) + [self.eos_id]
+                    for opts in options for o in opts]
+    scores = self.score_ids(flat_prompts, flat_targets)
     out, k = [], 0
     for opts in options:
       out.append(scores[k:k + len(opts)])
       k += len(opts)
     return out
+
+  def score_ids(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
+                prompt_eos: bool | None = None) -> list[float]:
+    """sum log P(target ids | prompt ids) per row, teacher-forced; ids without BOS/EOS in the
+    prompt (the model's layout is added as in `generate_ids`), targets scored as given."""
+    if len(prompts) != len(targets):
+      raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    rows = [(self._model_prompt(p, prompt_eos), list(t)) for p, t in zip(prompts, targets)]
+    if any(not t for _, t in rows):
+      raise ValueError("every target needs at least one token to score")
+    # Sorted by length so that a short row is not padded to the longest one's bucket.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    scores = [0.0] * len(rows)
+    for begin in range(0, len(order), self.batch_size):
+      chunk = order[begin:begin + self.batch_size]
+      length = bucket_length(max(len(rows[i][0]) + len(rows[i][1]) for i in chunk))
+      for i, score in zip(chunk, self._score_chunk([rows[i] for i in chunk], length)):
+        scores[i] = score
+    return scores
 
   def _score_chunk(self, chunk: list[tuple[list[int], list[int]]], length: int) -> list[float]:
     arrays = {k: np.zeros((self.batch_size, length), np.int32)
@@ -208,13 +247,15 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   """
   run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   prefix_lm = run_info.prefix_lm if prefix_lm is None else prefix_lm
+  # A model trained to answer after its inputs' EOS gets that EOS, whatever its attention.
+  prompt_eos = run_info.prompt_ends_with_eos or prefix_lm
   config = run_info.decoder_config
   partitioner = partitioning.Partitioner({"data": -1})
   params, step = checkpoints.restore_params(checkpoint,
                                             decoder_lib.abstract_params(config, partitioner))
-  logger.info("loaded step %d from %s (%s LM)", step, checkpoint,
-              "prefix" if prefix_lm else "causal")
-  return Generator(config, params, run_info.build_vocabulary(), prefix_lm=prefix_lm,
-                   batch_size=batch_size,
-                   max_prompt_tokens=max_prompt_tokens or run_info.prompt_budget,
-                   partitioner=partitioner)
+  generator = Generator(config, params, run_info.build_vocabulary(), prefix_lm=prefix_lm,
+                        prompt_eos=prompt_eos, batch_size=batch_size,
+                        max_prompt_tokens=max_prompt_tokens or run_info.prompt_budget,
+                        partitioner=partitioner)
+  logger.info("loaded step %d from %s (%s)", step, checkpoint, generator.layout_name)
+  return generator

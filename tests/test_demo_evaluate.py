@@ -1,0 +1,261 @@
+"""The demo evaluation against hand-built cases: a model stub whose log-likelihoods and outputs are
+known, infilling prompts laid out by hand from the R denoiser's definition, the Flan normalized
+score by its published definition, the seed summary by hand-computed means."""
+
+import json
+
+import pytest
+
+from ul2flan import vocabularies
+from ul2flan.demo import evaluate
+from ul2flan.demo import probes
+from ul2flan.demo import report
+from ul2flan.evaluation import harness
+
+VOCAB = vocabularies.get_vocabulary()
+EOS = vocabularies.EOS_ID
+
+
+class StubModel:
+  """The `Generator` surface the demo evaluation uses, with canned answers.
+
+  `option_scores(prompt, option)` and `id_scores(prompt_ids, target_ids)` are the log-likelihoods;
+  `texts[prompt]` the greedy generations; `infills(prompt_ids)` the generated ids.
+  """
+
+  def __init__(self, *, prefix_lm=False, prompt_eos=None, option_scores=None, id_scores=None,
+               texts=None, infills=None):
+    self.vocabulary = VOCAB
+    self.prefix_lm = prefix_lm
+    self.prompt_eos = prefix_lm if prompt_eos is None else prompt_eos
+    self.option_scores, self.id_scores = option_scores, id_scores
+    self.texts, self.infills = texts or {}, infills
+    self.calls = []
+
+  def generate(self, prompts, *, max_new_tokens):
+    return [[self.texts.get(p, "")] for p in prompts]
+
+  def score_options(self, prompts, options):
+    return [[self.option_scores(p, o) for o in opts] for p, opts in zip(prompts, options)]
+
+  def score_ids(self, prompts, targets, *, prompt_eos=None):
+    self.calls.append(("score_ids", prompt_eos))
+    return [self.id_scores(list(p), list(t)) for p, t in zip(prompts, targets)]
+
+  def generate_ids(self, prompts, *, max_new_tokens, prompt_eos=None):
+    self.calls.append(("generate_ids", prompt_eos))
+    return [self.infills(list(p)) for p in prompts]
+
+
+def _example(task, question, options, gold, chance):
+  return {"task": task, "inputs": question, "options": options, "targets": gold,
+          "chance": chance}
+
+
+def test_heldout_rank_classification_and_normalized_scores():
+  # Task a (chance 25): 4 questions; task b (chance 50): 2 questions.
+  examples = [_example("demo_heldout_a", f"qa{i}", ["w", "x", "y", "z"], "x", 25)
+              for i in range(4)]
+  examples += [_example("demo_heldout_b", f"qb{i}", ["yes", "no"], "no", 50) for i in range(2)]
+  # Known log-likelihoods: the gold option is the best in qa0, qa1 and qb0 only.
+  best = {"qa0": "x", "qa1": "x", "qa2": "w", "qa3": "z", "qb0": "no", "qb1": "yes"}
+  scores = lambda prompt, option: -1.0 if option == best[prompt] else -5.0 - len(option)
+  # Generations: a CoT answer, a first line, a wrong answer, an answer outside the options.
+  texts = {"qa0": "x is in the box. So the answer is x.", "qa1": "x\nmore text",
+           "qa2": "y", "qa3": "banana", "qb0": "no.", "qb1": "No"}
+  model = StubModel(option_scores=scores, texts=texts)
+  out = evaluate.heldout_eval(model, examples, max_new_tokens=8)
+  assert [r["ranked_choice"] for r in out["rows"]] == ["x", "x", "w", "z", "no", "yes"]
+  assert [r["correct"] for r in out["rows"]] == [True, True, False, False, True, True]
+  a, b = out["tasks"]["demo_heldout_a"], out["tasks"]["demo_heldout_b"]
+  assert (a["accuracy"], a["rank_accuracy"], b["accuracy"], b["rank_accuracy"]) == (50, 50, 100,
+                                                                                    50)
+  # Flan's normalized score, 100 (acc - chance) / (100 - chance), by hand:
+  # a: (50 - 25) / 75 = 1/3; b: gen (100 - 50) / 50 = 1, rank (50 - 50) / 50 = 0.
+  m = out["metrics"]
+  assert m["heldout_generation_normalized"] == pytest.approx((100 / 3 + 100) / 2)
+  assert m["heldout_rank_normalized"] == pytest.approx((100 / 3 + 0) / 2)
+  assert m["heldout_valid_answer_rate"] == pytest.approx((75 + 100) / 2)  # "banana" is not one
+  assert m["heldout_a_generation_accuracy"] == 50 and m["heldout_b_rank_accuracy"] == 50
+
+
+def _span_by_hand(tokens, prefix, gold):
+  """Token positions (i, j) of the gold span: the text before i is the prefix without its
+  trailing space (a word's "▁" belongs to the word), the text up to j ends with the gold."""
+  starts = [i for i in range(len(tokens) + 1) if VOCAB.decode(tokens[:i]) == prefix.rstrip()]
+  ends = [j for j in range(len(tokens) + 1) if VOCAB.decode(tokens[:j]) == prefix + gold]
+  assert len(starts) == 1 and len(ends) == 1, (prefix, gold)
+  return starts[0], ends[0]
+
+
+@pytest.mark.parametrize("item", probes.infilling_context_items(6) + probes.infilling_fact_items(3),
+                         ids=lambda it: f"{it['probe']}-{it['kind']}")
+def test_infilling_prompt_is_the_r_denoisers_inputs_layout(item):
+  """R denoiser inputs: mode token "[NLU]" (U-PaLM's R), the text's own tokens, the noise span
+  replaced by sentinel 0 = the vocabulary's last id (T5: vocab_size - 1)."""
+  text = item["prefix"] + item["gold"] + item["suffix"]
+  tokens = list(VOCAB.encode(text))
+  i, j = _span_by_hand(tokens, item["prefix"], item["gold"])
+  sentinel0 = VOCAB.vocab_size - 1
+  assert vocabularies.sentinel_ids(VOCAB)[0] == sentinel0
+  expected = list(VOCAB.encode("[NLU]")) + tokens[:i] + [sentinel0] + tokens[j:]
+  assert probes.infilling_prompt_ids(VOCAB, item) == expected
+  assert text.count(item["gold"]) >= (2 if item["probe"] == "context" else 1)
+
+
+def test_infilled_span_reads_the_text_for_sentinel_zero():
+  s0, s1 = VOCAB.vocab_size - 1, VOCAB.vocab_size - 2
+  paris = list(VOCAB.encode("Paris"))
+  assert probes.infilled_span(VOCAB, [s0] + paris + [s1] + list(VOCAB.encode("junk"))) == "Paris"
+  assert probes.infilled_span(VOCAB, paris + [EOS, 5, 6]) == "Paris"
+  assert probes.infilled_span(VOCAB, [s0, EOS]) == ""
+
+
+def test_infilling_eval_scores_spans_per_probe():
+  items = probes.infilling_context_items(3) + probes.infilling_fact_items(2)
+  s0 = VOCAB.vocab_size - 1
+  prompt_gold = {tuple(probes.infilling_prompt_ids(VOCAB, it)): it["gold"] for it in items}
+  # Context items: `<extra_id_0> gold EOS`; fact items: the gold without the sentinel, then a
+  # wrong word.
+  def infills(prompt):
+    gold = prompt_gold[tuple(prompt)]
+    context = any(it["gold"] == gold and it["probe"] == "context" for it in items)
+    return [s0] + list(VOCAB.encode(gold)) + [EOS] if context else list(VOCAB.encode("Oslo"))
+  model = StubModel(infills=infills)
+  metrics, rows = evaluate.infilling_eval(model, items)
+  assert metrics["infilling_context_accuracy"] == 100
+  assert metrics["infilling_context_sentinel_rate"] == 100
+  assert metrics["infilling_fact_sentinel_rate"] == 0
+  assert metrics["infilling_fact_accuracy"] == 100 * sum(
+      it["gold"] == "Oslo" for it in items[3:]) / 2
+  assert model.calls == [("generate_ids", None)]  # each model's own prompt layout
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True])
+def test_knowledge_check_ranks_every_value_of_the_attribute(prefix_lm):
+  items = probes.knowledge_items("corpus") + probes.knowledge_items("heldout")
+  s2s = list(VOCAB.encode("[S2S]"))
+  gold_of = {}
+  for it in items:
+    ids = list(VOCAB.encode(it["prompt"]))
+    gold_of[tuple((s2s if prefix_lm else []) + ids)] = it
+  # Known scores: the gold value is best for every "city" and "pet" cloze, a wrong one otherwise.
+  def id_scores(prompt, target):
+    it = gold_of[tuple(prompt)]  # KeyError if the prompt is not laid out as expected
+    value = VOCAB.decode(target).rstrip(".")
+    wanted = it["gold"] if it["attribute"] in ("city", "pet") else next(
+        v for v in it["pool"] if v != it["gold"])
+    return 0.0 if value == wanted else -3.0
+  model = StubModel(prefix_lm=prefix_lm, prompt_eos=prefix_lm, id_scores=id_scores)
+  metrics, rows = evaluate.knowledge_check(model)
+  assert len(rows) == 2 * 40 * 5
+  assert metrics["knowledge_corpus_accuracy"] == pytest.approx(40.0)  # 2 attributes of 5
+  assert metrics["knowledge_heldout_city_accuracy"] == 100
+  assert metrics["knowledge_heldout_job_accuracy"] == 0
+  # normalized: city 100, pet 100, country (0 - 100/7) / (100 - 100/7) ... by the definition.
+  chance = {a: 100 / len(probes.attribute_pool(a)) for a in probes.KNOWLEDGE_ATTRIBUTES}
+  expected = sum(100 * ((100 if a in ("city", "pet") else 0) - c) / (100 - c)
+                 for a, c in chance.items()) / 5
+  assert metrics["knowledge_corpus_normalized"] == pytest.approx(expected)
+  assert metrics["knowledge_chance"] == pytest.approx((100 / 16 + 100 / 10 + 100 / 12 + 12.5
+                                                       + 12.5) / 5)
+  # Causal models (Flan-base too) continue the text without the EOS of an instruction prompt.
+  assert model.calls == [("score_ids", prefix_lm)]
+
+
+def _result(gen, infill, knowledge=50.0):
+  return {"metrics": {"heldout_generation_normalized": gen, "heldout_rank_normalized": gen / 2,
+                      "infilling_context_accuracy": infill, "infilling_fact_accuracy": 0.0,
+                      "knowledge_corpus_accuracy": knowledge,
+                      "knowledge_heldout_accuracy": knowledge - 10},
+          "tasks": {"demo_heldout_a": {"accuracy": 1.0, "rank_accuracy": 2.0, "chance": 25}}}
+
+
+def test_report_json_over_seeds_has_mean_min_max(tmp_path):
+  by_seed = {
+      0: {"base": _result(2.0, 0.0), "ul2r": _result(1.0, 60.0), "flan_base": _result(30.0, 0.0),
+          "flan_ul2r": _result(34.0, 70.0)},
+      1: {"base": _result(4.0, 0.0), "ul2r": _result(3.0, 50.0), "flan_base": _result(26.0, 5.0),
+          "flan_ul2r": _result(31.0, 40.0)},
+      2: {"base": _result(0.0, 10.0), "ul2r": _result(2.0, 55.0), "flan_base": _result(28.0, 0.0),
+          "flan_ul2r": _result(25.0, 60.0)},
+  }
+  settings = {"heldout_split": "test", "heldout_shots": 0}
+  report.write_seeds_report(str(tmp_path), by_seed, settings)
+  data = json.loads((tmp_path / "report.json").read_text())
+  assert data["seeds"] == [0, 1, 2]
+  assert list(data["models"]) == ["base", "ul2r", "flan_base", "flan_ul2r"]
+  gen = data["models"]["flan_base"]["heldout_generation_normalized"]
+  assert gen == {"mean": 28.0, "min": 26.0, "max": 30.0, "values": [30.0, 26.0, 28.0]}
+  assert data["models"]["ul2r"]["infilling_context_accuracy"]["mean"] == pytest.approx(55.0)
+  text = (tmp_path / "report.md").read_text()
+  assert "28.0 [26.0, 30.0]" in text
+  # Flan-base - base: +28, +22, +28: every seed, mean 26 > the spreads (4, 4): shown.
+  assert ("Flan-base generalises to held-out tasks (gen, normalized) vs base: 28.0 vs 2.0 "
+          "(difference +26.0, target +20; every seed, larger than the spread) -> shown.") in text
+  # Flan-U - Flan: +4, +5, -3: not every seed.
+  assert "Flan-U-base is at least as good as Flan-base (held-out gen, normalized): 30.0 vs " \
+         "28.0 (difference +2.0; not every seed, not larger than the spread) -> NOT shown" in text
+
+
+def test_single_seed_report_json_is_metrics_by_name(tmp_path):
+  results = {"base": _result(2.0, 0.0), "flan_base": _result(30.0, 0.0)}
+  report.write_report(str(tmp_path), {}, results, {"heldout_split": "test", "heldout_shots": 0})
+  data = json.loads((tmp_path / "report.json").read_text())
+  assert data == {"seeds": [0], "models": {m: results[m]["metrics"] for m in results}}
+
+
+def test_benchmark_section_is_a_table_with_the_normalized_average():
+  def task(mode, score, chance):
+    return {"mode": mode, "score": score, "chance": chance,
+            "normalized_score": 100 * (score - chance) / (100 - chance), "num_examples": 10}
+  benchmarks = {"mmlu": {"tasks": {"mmlu_direct": task("direct", 40.0, 25.0),
+                                   "mmlu_cot": task("cot", 25.0, 25.0)}},
+                "bbh": {"tasks": {"bbh_direct": task("direct", 30.0, 30.0)}}}
+  lines = report.benchmark_table({0: {"flan_base": {"benchmarks": benchmarks}}})
+  assert lines[0] == "| model | seed | benchmark | mode | score | chance | normalized | n |"
+  assert "| Flan-base | 0 | mmlu | direct | 40.0 | 25.0 | 20.0 | 10 |" in lines
+  assert lines[-1] == ("| Flan-base | 0 | **normalized average** | | | | n/a (missing "
+                       "bbh_cot, tydiqa_direct, mgsm_cot) | |")
+
+
+def test_benchmark_prompts_are_fitted_as_ul2flan_eval_fits_them():
+  class Model:
+    max_prompt_tokens = 12
+    def count_tokens(self, text):
+      return len(text.split()) + 1
+  config = harness.fitted_to(harness.HarnessConfig(), Model())
+  assert config.max_prompt_tokens == 12 and config.count_tokens("a b c") == 4
+  assert harness.fitted_to(harness.HarnessConfig(), Model(), 5).max_prompt_tokens == 5
+
+
+def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, monkeypatch):
+  from ul2flan import pipeline  # pylint: disable=g-import-not-at-top
+  trained, evaluated, reports = [], [], {}
+
+  def fake_stage(spec, model_dir, model_gin, model_bindings=()):
+    trained.append((spec.name, model_dir, spec.init_from, tuple(model_bindings)))
+    return f"{model_dir}/{spec.name}"
+
+  monkeypatch.setattr(pipeline, "run_stage", fake_stage)
+  monkeypatch.setattr(pipeline.demo_evaluate, "evaluate_model",
+                      lambda name, ckpt, run_dir, settings: evaluated.append((name, run_dir))
+                      or {"metrics": {"x": float(len(evaluated))}, "tasks": {}})
+  monkeypatch.setattr(pipeline.report, "write_report",
+                      lambda run_dir, dirs, results, settings: reports.setdefault(
+                          run_dir, settings["seed"]) and f"{run_dir}/report.md")
+  monkeypatch.setattr(pipeline.report, "write_seeds_report",
+                      lambda model_dir, by_seed, settings: reports.setdefault(
+                          "all", sorted(by_seed)) and str(tmp_path / "r.md"))
+  (tmp_path / "r.md").write_text("report")
+  assert pipeline.run_pipeline(str(tmp_path), seeds=[3, 5]) == 0
+  for seed in (3, 5):
+    run_dir = str(tmp_path / f"seed_{seed}")
+    stages = [t for t in trained if t[1] == run_dir]
+    assert [s[0] for s in stages] == ["base", "ul2r", "flan_ul2r", "flan_base"]
+    assert all(s[3] == (f"SEED = {seed}",) for s in stages)
+    assert [s[2] for s in stages[1:]] == [f"{run_dir}/base", f"{run_dir}/ul2r", f"{run_dir}/base"]
+    assert [e[0] for e in evaluated if e[1] == run_dir] == ["base", "ul2r", "flan_base",
+                                                            "flan_ul2r"]
+    assert reports[run_dir] == seed
+  assert reports["all"] == [3, 5]
