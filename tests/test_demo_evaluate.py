@@ -233,7 +233,7 @@ def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, 
   from ul2flan import pipeline  # pylint: disable=g-import-not-at-top
   trained, evaluated, reports = [], [], {}
 
-  def fake_stage(spec, model_dir, model_gin, model_bindings=()):
+  def fake_stage(spec, model_dir, model_gin, model_bindings=(), optional_macros=()):
     trained.append((spec.name, model_dir, spec.init_from, tuple(model_bindings)))
     return f"{model_dir}/{spec.name}"
 
