@@ -29,8 +29,8 @@ def vocabulary():
 
 @pytest.fixture(scope="module")
 def corpus_tokens(vocabulary):
-  """The first demo training documents, tokenized in order."""
-  return [vocabulary.encode(doc) for doc in world.corpus_documents("train", num_documents=6000)]
+  """The first demo training documents, tokenized in order (enough for 2,000 full-row segments)."""
+  return [vocabulary.encode(doc) for doc in world.corpus_documents("train", num_documents=8000)]
 
 
 def reference_stream(doc_tokens):

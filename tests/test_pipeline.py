@@ -52,12 +52,14 @@ def test_interrupted_pipeline_resumes_exactly_and_reports_four_models(tmp_path):
     assert json.loads((d / stage / "run.json").read_text())["feature_converter"] == converter
 
   report = (d / "report.md").read_text()
-  gold = [e["targets"] for e in demo_tasks.heldout_eval_examples("test")]
+  # demo_quick.gin (included by the micro gin) evaluates 36 evenly spaced held-out examples.
+  examples = demo_tasks.heldout_eval_examples("test")
+  gold = [e["targets"] for e in examples[::len(examples) // 36][:36]]
   for model, label in (("base", "base (causal LM)"), ("ul2r", "U-base (UL2R)"),
                        ("flan_base", "Flan-base"), ("flan_ul2r", "Flan-U-base")):
     assert f"| {label} |" in report
     rows = [json.loads(l) for l in (d / "eval" / f"{model}.heldout.jsonl").read_text().splitlines()]
-    assert [r["gold"] for r in rows] == gold  # every held-out example, in the generator's order
+    assert [r["gold"] for r in rows] == gold  # the sampled held-out examples, in order
   data = json.loads((d / "report.json").read_text())
   assert data["seeds"] == [0] and list(data["models"]) == ["base", "ul2r", "flan_base", "flan_ul2r"]
   for model, metrics in data["models"].items():
