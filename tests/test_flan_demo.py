@@ -80,6 +80,32 @@ def test_fact_labels_agree_with_the_world():
       assert ex["answer"] == ("true" if ex["statement"] in truths else "false")
 
 
+def _values(person):
+  return {"city": person.city, "job": person.job, "color": person.color, "pet": person.pet,
+          "age": str(person.age)}
+
+
+def test_fact_pick_and_who_labels_agree_with_the_world():
+  pools = {"city": set(world.CITIES), "job": set(world.JOBS), "color": set(world.COLORS),
+           "pet": set(world.PETS), "age": {str(a) for a in range(18, 81)}}
+  for split in ("train", "validation"):
+    for ex in demo_tasks.fact_pick_examples(split, 200):
+      # The options are all of one kind, and the person's value of that kind is the answer.
+      (kind,) = [k for k, pool in pools.items() if set(ex["options"]) <= pool]
+      assert ex["answer"] == _values(WORLD.person(ex["name"]))[kind]
+      assert len(set(ex["options"])) == 4
+    for ex in demo_tasks.who_examples(split, 200):
+      asked = re.search(r"(?:lives in|works as a|color is|pet) (\w+)\?", ex["question"]).group(1)
+      holders = [o for o in ex["options"] if asked in _values(WORLD.person(o)).values()]
+      assert holders == [ex["answer"]] and len(set(ex["options"])) == 4
+
+
+def test_arithmetic_options_hold_the_answer_once():
+  for ex in demo_tasks.arithmetic_examples("train", 300):
+    assert ex["options"].count(ex["answer"]) == 1 and len(set(ex["options"])) == 4
+    assert all(int(o) >= 0 for o in ex["options"])
+
+
 def test_validation_facts_are_not_asked_in_training():
   train = {(e["name"], e["attribute"]) for e in demo_tasks.fact_qa_examples("train", 2000)}
   val = {(e["name"], e["attribute"]) for e in demo_tasks.fact_qa_examples("validation", 200)}

@@ -7,6 +7,9 @@ so zero-shot, few-shot, options / no options, chain-of-thought and input inversi
 * `demo_flan_fact_check`: is a statement about a person true or false (with options).
 * `demo_flan_arithmetic`: word problems with rationales (`world.arithmetic_episode`).
 * `demo_flan_state_tracking`: where an object ends up (`world.state_tracking_episode`).
+* `demo_flan_story_qa`: a place, animal, fruit, colour or job named in a short story.
+* `demo_flan_fact_pick`: a fact about a person whose kind only the listed options tell.
+* `demo_flan_who`: which of four people has a given city, job, colour or pet.
 
 Held-out families (mixture `demo_heldout`, splits validation/test), with their own templates
 (`templates/heldout.json`) and data, never trained on:
@@ -14,6 +17,9 @@ Held-out families (mixture `demo_heldout`, splits validation/test), with their o
 * `demo_heldout_country`: the country a person lives in (2 hops: person -> city -> country).
 * `demo_heldout_age_compare`: which of two people is older.
 * `demo_heldout_move_count`: how many times an object was moved.
+* `demo_heldout_story_person`: the other person named in a story.
+* `demo_heldout_start_place`: where an object was before it was moved.
+* `demo_heldout_given_away`: how many fruit were given away.
 
 The (person, attribute) pairs of fact QA / fact check are split between train and validation,
 so validation asks about facts the instruction data never asked about.
@@ -124,6 +130,52 @@ def fact_check_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   return examples
 
 
+def fact_pick_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """A fact about a person whose question names only the person: the listed options' kind (cities,
+  jobs, colours, pets or ages) says which fact is asked, so the answer must be read off them."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_fact_pick/{split}/{seed}")
+  pairs = _fact_pairs(split, seed)
+  examples = []
+  for _ in range(n):
+    name, attribute = rng.choice(pairs)
+    answer = _value(world.person(name), attribute)
+    examples.append({"name": name, "answer": answer,
+                     "options": _with_distractors(answer, _pool(attribute), 4, rng),
+                     "rationale": _statement(name, attribute, answer)})
+  return examples
+
+
+def _who_question(attribute: str, value: str) -> str:
+  return {"city": f"Who lives in {value}?", "job": f"Who works as a {value}?",
+          "color": f"Whose favorite color is {value}?", "pet": f"Who has a pet {value}?"}[attribute]
+
+
+def who_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  """The reverse lookup: which of four people has a city, job, colour or pet (exactly one does)."""
+  world = world_lib.make_world(seed)
+  rng = random.Random(f"demo_who/{split}/{seed}")
+  pairs = [(name, a) for name, a in _fact_pairs(split, seed) if a != "age"]
+  examples = []
+  for _ in range(n):
+    name, attribute = rng.choice(pairs)
+    value = _value(world.person(name), attribute)
+    others = [q.name for q in world.people if _value(q, attribute) != value]
+    options = [name] + rng.sample(others, 3)
+    rng.shuffle(options)
+    examples.append({"question": _who_question(attribute, value), "answer": name,
+                     "options": options})
+  return examples
+
+
+def _number_options(answer: int, rng: random.Random) -> list[str]:
+  """The answer and three other numbers near it, shuffled."""
+  near = [x for x in range(max(0, answer - 9), answer + 10) if x != answer]
+  options = [str(x) for x in [answer] + rng.sample(near, 3)]
+  rng.shuffle(options)
+  return options
+
+
 def _episode_fields(episode: world_lib.Episode) -> Raw:
   fields = {"context": episode.context, "question": episode.question,
             "rationale": episode.rationale, "answer": episode.answer}
@@ -135,7 +187,11 @@ def _episode_fields(episode: world_lib.Episode) -> Raw:
 def arithmetic_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   world = world_lib.make_world(seed)
   rng = random.Random(f"demo_arithmetic/{split}/{seed}")
-  return [_episode_fields(world_lib.arithmetic_episode(world, rng)) for _ in range(n)]
+  examples = []
+  for _ in range(n):
+    fields = _episode_fields(world_lib.arithmetic_episode(world, rng))
+    examples.append({**fields, "options": _number_options(int(fields["answer"]), rng)})
+  return examples
 
 
 def state_tracking_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
@@ -317,13 +373,17 @@ TRAIN_FAMILIES = (
     DemoFamily("demo_flan_arithmetic", "demo_arithmetic", arithmetic_examples,
                {"train": 3000, "validation": 200},
                {"zs_noopt_cot": 2, "fs_noopt_cot": 1, "zs_noopt": 1, "fs_noopt": 0.5,
-                "zs_noopt_inv": 0.5}),
+                "zs_noopt_inv": 0.5, "zs_opt": 1, "zs_opt_cot": 0.5}),
     DemoFamily("demo_flan_state_tracking", "demo_state_tracking", state_tracking_examples,
                _TRAIN_SIZES,
                # No few-shot CoT: one exemplar with its rationale already overflows the budget.
                {"zs_opt_cot": 1, "zs_opt": 2, "zs_noopt": 1, "fs_noopt": 0.5, "fs_opt": 0.5}),
     DemoFamily("demo_flan_story_qa", "demo_story_qa", story_qa_examples, _TRAIN_SIZES,
                {"zs_opt": 2, "zs_noopt": 1, "fs_opt": 0.5}),
+    DemoFamily("demo_flan_fact_pick", "demo_fact_pick", fact_pick_examples, _TRAIN_SIZES,
+               {"zs_opt": 3, "fs_opt": 1, "zs_opt_cot": 0.5}),
+    DemoFamily("demo_flan_who", "demo_who", who_examples, _TRAIN_SIZES,
+               {"zs_opt": 3, "fs_opt": 1}),
 )
 _HELDOUT_SIZES = {"validation": 60, "test": 60}
 HELDOUT_FORMAT = "zs_opt"
@@ -355,10 +415,10 @@ def _cached_raw(task: str, split: str, seed: int) -> list[Raw]:
 def demo_submixtures() -> list[mixtures.Submixture]:
   """`demo_flan`: knowledge, reading and reasoning, each task capped at DEMO_CAP."""
   return [
-      mixtures.Submixture("knowledge", 0.4, ("demo_flan_fact_qa", "demo_flan_fact_check"),
-                          DEMO_CAP),
-      mixtures.Submixture("reading", 0.2, ("demo_flan_story_qa",), DEMO_CAP),
-      mixtures.Submixture("reasoning", 0.4, ("demo_flan_arithmetic", "demo_flan_state_tracking"),
+      mixtures.Submixture("knowledge", 0.45, ("demo_flan_fact_qa", "demo_flan_fact_check",
+                                             "demo_flan_fact_pick", "demo_flan_who"), DEMO_CAP),
+      mixtures.Submixture("reading", 0.25, ("demo_flan_story_qa",), DEMO_CAP),
+      mixtures.Submixture("reasoning", 0.3, ("demo_flan_arithmetic", "demo_flan_state_tracking"),
                           DEMO_CAP),
   ]
 

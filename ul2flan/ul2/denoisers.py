@@ -131,17 +131,20 @@ def ul2r_preset(inputs_length: int = 1024, targets_length: int = 1024,
                 x_mean_span_length: float = 32.0, x_corruption_rate: float = 0.5,
                 s_target_fraction: float | None = None,
                 mode_tokens: Sequence[str] = ("[NLU]", "[NLG]", "[S2S]"),
+                rates: Sequence[float] = (0.50, 0.25, 0.25),
                 **mixture_overrides) -> DenoiserMixture:
   """U-PaLM's UL2R: 50% S, 25% R(3, .15), 25% X (OPEN; default mu=32, r=.5), 1024 + 1024.
 
-  `mode_tokens` are the R, X and S mode tokens in that order.
+  `mode_tokens` are the R, X and S mode tokens in that order; `rates` the S, R and X shares
+  (U-PaLM's by default).
   """
   nlu, nlg, s2s = mode_tokens
+  s_rate, r_rate, x_rate = rates
   return DenoiserMixture(
       name="UL2R",
-      denoisers=(Denoiser("S", 0.50, s2s, target_fraction=s_target_fraction),
-                 _span("R", 0.25, nlu, 3, 0.15),
-                 _span("X", 0.25, nlg, x_mean_span_length, x_corruption_rate)),
+      denoisers=(Denoiser("S", s_rate, s2s, target_fraction=s_target_fraction),
+                 _span("R", r_rate, nlu, 3, 0.15),
+                 _span("X", x_rate, nlg, x_mean_span_length, x_corruption_rate)),
       inputs_length=inputs_length, targets_length=targets_length, **mixture_overrides)
 
 
