@@ -99,14 +99,22 @@ def _fact_pairs(split: str, seed: int) -> tuple[tuple[str, str], ...]:
   return tuple(pairs[:n_validation] if split == "validation" else pairs[n_validation:])
 
 
-def fact_qa_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+def _drawn_facts(family: str, split: str, n: int, seed: int,
+                 attributes: Sequence[str] = _ATTRIBUTES):
+  """`n` draws of a (person, attribute) pair of the split, restricted to `attributes`: yields
+  (rng, name, attribute, the person's value). The rng is the family's own stream, for the
+  caller's further choices (distractors, claims) in the same order."""
   world = world_lib.make_world(seed)
-  rng = random.Random(f"demo_fact_qa/{split}/{seed}")
-  pairs = _fact_pairs(split, seed)
-  examples = []
+  rng = random.Random(f"{family}/{split}/{seed}")
+  pairs = [(name, a) for name, a in _fact_pairs(split, seed) if a in attributes]
   for _ in range(n):
     name, attribute = rng.choice(pairs)
-    answer = _value(world.person(name), attribute)
+    yield rng, name, attribute, _value(world.person(name), attribute)
+
+
+def fact_qa_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
+  examples = []
+  for rng, name, attribute, answer in _drawn_facts("demo_fact_qa", split, n, seed):
     examples.append({"name": name, "attribute": attribute, "question": _question(name, attribute),
                      "answer": answer,
                      "options": _with_distractors(answer, _pool(attribute), 4, rng)})
@@ -114,13 +122,8 @@ def fact_qa_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
 
 
 def fact_check_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
-  world = world_lib.make_world(seed)
-  rng = random.Random(f"demo_fact_check/{split}/{seed}")
-  pairs = _fact_pairs(split, seed)
   examples = []
-  for _ in range(n):
-    name, attribute = rng.choice(pairs)
-    truth = _value(world.person(name), attribute)
+  for rng, name, attribute, truth in _drawn_facts("demo_fact_check", split, n, seed):
     claimed = truth if rng.random() < 0.5 else rng.choice([v for v in _pool(attribute)
                                                            if v != truth])
     examples.append({"name": name, "statement": _statement(name, attribute, claimed),
@@ -133,13 +136,8 @@ def fact_check_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
 def fact_pick_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   """A fact about a person whose question names only the person: the listed options' kind (cities,
   jobs, colours, pets or ages) says which fact is asked, so the answer must be read off them."""
-  world = world_lib.make_world(seed)
-  rng = random.Random(f"demo_fact_pick/{split}/{seed}")
-  pairs = _fact_pairs(split, seed)
   examples = []
-  for _ in range(n):
-    name, attribute = rng.choice(pairs)
-    answer = _value(world.person(name), attribute)
+  for rng, name, attribute, answer in _drawn_facts("demo_fact_pick", split, n, seed):
     examples.append({"name": name, "answer": answer,
                      "options": _with_distractors(answer, _pool(attribute), 4, rng),
                      "rationale": _statement(name, attribute, answer)})
@@ -154,12 +152,9 @@ def _who_question(attribute: str, value: str) -> str:
 def who_examples(split: str, n: int, seed: int = 0) -> list[Raw]:
   """The reverse lookup: which of four people has a city, job, colour or pet (exactly one does)."""
   world = world_lib.make_world(seed)
-  rng = random.Random(f"demo_who/{split}/{seed}")
-  pairs = [(name, a) for name, a in _fact_pairs(split, seed) if a != "age"]
   examples = []
-  for _ in range(n):
-    name, attribute = rng.choice(pairs)
-    value = _value(world.person(name), attribute)
+  for rng, name, attribute, value in _drawn_facts("demo_who", split, n, seed,
+                                                  ("city", "job", "color", "pet")):
     others = [q.name for q in world.people if _value(q, attribute) != value]
     options = [name] + rng.sample(others, 3)
     rng.shuffle(options)
