@@ -10,6 +10,7 @@ from ul2flan import vocabularies
 from ul2flan.demo import evaluate
 from ul2flan.demo import probes
 from ul2flan.demo import report
+from ul2flan.demo import world
 from ul2flan.evaluation import harness
 
 VOCAB = vocabularies.get_vocabulary()
@@ -129,6 +130,57 @@ def test_infilling_eval_scores_spans_per_probe():
   assert metrics["infilling_fact_accuracy"] == 100 * sum(
       it["gold"] == "Oslo" for it in items[3:]) / 2
   assert model.calls == [("generate_ids", None)]  # each model's own prompt layout
+
+
+def test_infilling_candidates_are_the_gold_and_other_values_of_its_kind():
+  people = {p.name for p in world.make_world().people}
+  pools = {"name": people, "number": {str(k) for k in range(2, 31)},
+           "container": set(world.CONTAINERS),
+           "city": set(world.CITIES), "job": set(world.JOBS),
+           "color": set(world.COLORS)}
+  items = probes.infilling_context_items(30) + probes.infilling_fact_items(30)
+  for it in items:
+    cands = it["candidates"]
+    assert cands[0] == it["gold"] and len(set(cands)) == len(cands)
+    assert set(cands) <= pools[it["kind"]]
+    assert len(cands) == min(8, len(pools[it["kind"]])), it["kind"]
+  # The distractors come from their own random stream: the items are those drawn without them.
+  assert [it["gold"] for it in probes.infilling_context_items(6)] == [
+      it["gold"] for it in items[:6]]
+
+
+@pytest.mark.parametrize("item", probes.infilling_context_items(6) + probes.infilling_fact_items(3),
+                         ids=lambda it: f"{it['probe']}-{it['kind']}")
+def test_infilling_span_ids_fill_the_prompts_gap(item):
+  """Every candidate's ids, put in the gap of the gold's prompt, give the text with that value."""
+  prompt = probes.infilling_prompt_ids(VOCAB, item)
+  gap = prompt.index(VOCAB.vocab_size - 1)
+  head, tail = prompt[len(VOCAB.encode("[NLU]")):gap], prompt[gap + 1:]
+  for value in item["candidates"]:
+    filled = head + probes.infilling_span_ids(VOCAB, item, value) + tail
+    assert VOCAB.decode(filled) == item["prefix"] + value + item["suffix"]
+
+
+def test_infilling_rank_eval_picks_the_most_likely_candidate():
+  items = probes.infilling_context_items(3) + probes.infilling_fact_items(2)
+  s0 = VOCAB.vocab_size - 1
+  # The stub prefers the gold on context items and the first distractor on fact items; every
+  # target must be laid out as R-denoiser targets of one span: sentinel 0, the span, EOS.
+  preferred = {tuple(probes.infilling_prompt_ids(VOCAB, it)):
+               it["gold"] if it["probe"] == "context" else it["candidates"][1] for it in items}
+  def id_scores(prompt, target):
+    assert target[0] == s0 and target[-1] == EOS
+    return 0.0 if VOCAB.decode(target[1:-1]).strip() == preferred[tuple(prompt)] else -3.0
+  model = StubModel(id_scores=id_scores)
+  metrics, rows = evaluate.infilling_rank_eval(model, items)
+  assert [r["rank_choice"] for r in rows] == [preferred[tuple(probes.infilling_prompt_ids(
+      VOCAB, it))] for it in items]
+  assert metrics["infilling_context_rank_accuracy"] == 100
+  assert metrics["infilling_fact_rank_accuracy"] == 0
+  # Chance: 1 / number of candidates, averaged (containers have 6 values, the rest 8 here).
+  expected_chance = sum(100 / len(it["candidates"]) for it in items[:3]) / 3
+  assert metrics["infilling_context_rank_chance"] == pytest.approx(expected_chance)
+  assert model.calls == [("score_ids", None)]
 
 
 @pytest.mark.parametrize("prefix_lm", [False, True])

@@ -67,6 +67,7 @@ def test_interrupted_pipeline_resumes_exactly_and_reports_four_models(tmp_path):
     assert metrics == cached
     for name in ("heldout_generation_normalized", "heldout_rank_normalized",
                  "infilling_context_accuracy", "infilling_fact_accuracy",
+                 "infilling_context_rank_accuracy", "infilling_fact_rank_accuracy",
                  "knowledge_corpus_accuracy", "knowledge_heldout_accuracy"):
       assert isinstance(metrics[name], float), (model, name)
   assert (d / "comparison.png").stat().st_size > 1000

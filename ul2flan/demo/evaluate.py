@@ -13,7 +13,9 @@ What is measured (`result["metrics"]`, one flat dict per model; `probes` defines
   the Flan paper's chance-normalized score; `heldout_valid_answer_rate` is how often the
   generated answer is one of the listed options at all.
 * Infilling (`infilling_context_*`, `infilling_fact_*`): the R denoiser's inputs with one span
-  replaced by sentinel 0; the model must write that span after `<extra_id_0>`.
+  replaced by sentinel 0; the model must write that span after `<extra_id_0>`. Also by rank
+  (`infilling_*_rank_accuracy`): the gold span among other values of its kind, each scored as
+  the target `<extra_id_0> value EOS`.
 * Optionally the real Flan benchmarks (MMLU, BBH, TyDiQA, MGSM), capped per subtask, with
   prompts fitted to the model's trained length as `ul2flan eval` fits them.
 
@@ -168,6 +170,35 @@ def infilling_eval(gen, items: Sequence[dict], max_new_tokens: int = 8) -> tuple
   return metrics, rows
 
 
+def infilling_rank_eval(gen, items: Sequence[dict]) -> tuple[dict, list[dict]]:
+  """Infilling by rank, teacher-forced: each candidate written as the R denoiser's target for the
+  gap (`<extra_id_0> value EOS`) after the item's prompt; the model's choice is the candidate of
+  highest log-likelihood (the first on a tie). Rows align with `items`."""
+  vocab = gen.vocabulary
+  first_sentinel = vocabularies.sentinel_ids(vocab)[0]
+  prompts, targets = [], []
+  for it in items:
+    prompt = probes.infilling_prompt_ids(vocab, it)
+    for value in it["candidates"]:
+      prompts.append(prompt)
+      targets.append([first_sentinel] + probes.infilling_span_ids(vocab, it, value)
+                     + [vocab.eos_id])
+  flat = gen.score_ids(prompts, targets)
+  rows, k = [], 0
+  for it in items:
+    n = len(it["candidates"])
+    choice = ranked_choice(it["candidates"], flat[k:k + n])
+    k += n
+    rows.append({"rank_choice": choice, "rank_correct": choice == it["gold"],
+                 "rank_chance": 100.0 / n})
+  metrics = {}
+  for probe in sorted({it["probe"] for it in items}):
+    rs = [r for it, r in zip(items, rows) if it["probe"] == probe]
+    metrics[f"infilling_{probe}_rank_accuracy"] = 100.0 * _mean(r["rank_correct"] for r in rs)
+    metrics[f"infilling_{probe}_rank_chance"] = _mean(r["rank_chance"] for r in rs)
+  return metrics, rows
+
+
 # ---- one model ----------------------------------------------------------------------------------
 def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -> dict:
   """Every demo measurement of one model; per-example rows go to `out_dir` when given."""
@@ -191,9 +222,12 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -
 
   t = time.time()
   n = settings["infilling_examples"]
-  infilling, infill_rows = infilling_eval(
-      gen, probes.infilling_context_items(n) + probes.infilling_fact_items(n))
+  items = probes.infilling_context_items(n) + probes.infilling_fact_items(n)
+  infilling, infill_rows = infilling_eval(gen, items)
+  ranked, rank_rows = infilling_rank_eval(gen, items)
   metrics.update(infilling)
+  metrics.update(ranked)
+  infill_rows = [{**row, **rank} for row, rank in zip(infill_rows, rank_rows)]
   result["seconds"]["infilling"] = time.time() - t
   result["metrics"] = metrics
   if out_dir is not None:

@@ -8,7 +8,10 @@
   inputs (its mode token, then the text's tokens with the span cut out). `context` items state
   the missing span elsewhere in the same text (a story's protagonist named again, a number or a
   container restated), so it is recoverable without memory; `fact` items need a memorised world
-  fact ("Olga lives in <extra_id_0>.").
+  fact ("Olga lives in <extra_id_0>."). Each item also lists `candidates`: its gold span and up to
+  7 other values of the same kind, for infilling by rank (each candidate written as the span,
+  teacher-forced), which reads whether a model links the gap to its context where greedy
+  writing fails.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ul2flan import vocabularies
 from ul2flan.demo import world
 from ul2flan.ul2 import denoisers
 
+INFILLING_CANDIDATES = 8  # the gold span and 7 other values of its kind (all, where it has fewer)
+CONTEXT_NUMBERS = range(2, 31)  # the first number of a context item's word problem
 KNOWLEDGE_ATTRIBUTES = ("city", "country", "job", "color", "pet")
 CORPUS_CLOZES = {
     "city": "{name} lives in", "country": "{name} is from",
@@ -81,7 +86,7 @@ def infilling_fact_items(n: int, seed: int = 1234) -> list[dict]:
         "color": (f"{p.name}'s favorite color is ", p.color, f". {p.name} owns a {p.pet}."),
     }[kind]
     out.append({"prefix": prefix, "suffix": suffix, "gold": gold, "kind": kind, "probe": "fact"})
-  return out
+  return _with_candidates(out, random.Random(seed + 1))
 
 
 def _context_item(kind: str, rng: random.Random, people: Sequence[world.Person]) -> dict:
@@ -94,7 +99,7 @@ def _context_item(kind: str, rng: random.Random, people: Sequence[world.Person])
                       f"They shared {k} {fruit} and talked about the color {p.color}."}
   if kind == "number":
     p, fruit = rng.choice(people), rng.choice(world.FRUITS)
-    a, b = rng.randint(2, 30), rng.randint(2, 20)
+    a, b = rng.choice(CONTEXT_NUMBERS), rng.randint(2, 20)
     c = rng.randint(1, a + b - 1)
     return {"prefix": f"{p.name} the {p.job} buys {a} {fruit}. Then {p.name} buys {b} more "
                       f"{fruit}. Later {p.name} gives {c} {fruit} away. How many {fruit} does "
@@ -116,21 +121,63 @@ def infilling_context_items(n: int, seed: int = 4321) -> list[dict]:
   rng = random.Random(seed)
   people = world.make_world().people
   kinds = ("name", "number", "container")
-  return [{**_context_item(kinds[i % 3], rng, people), "kind": kinds[i % 3], "probe": "context"}
-          for i in range(n)]
+  items = [{**_context_item(kinds[i % 3], rng, people), "kind": kinds[i % 3], "probe": "context"}
+           for i in range(n)]
+  return _with_candidates(items, random.Random(seed + 1))
+
+
+def infilling_value_pool(kind: str) -> tuple[str, ...]:
+  """Every value an infilling item of this kind can have."""
+  if kind == "name":
+    return tuple(p.name for p in world.make_world().people)
+  if kind == "number":
+    return tuple(str(k) for k in CONTEXT_NUMBERS)
+  if kind == "container":
+    return world.CONTAINERS
+  return attribute_pool(kind)
+
+
+def _with_candidates(items: list[dict], rng: random.Random) -> list[dict]:
+  """Adds each item's `candidates`: its gold first, then other values of its kind (a separate
+  random stream, so that the items themselves do not depend on it)."""
+  for item in items:
+    others = [v for v in infilling_value_pool(item["kind"]) if v != item["gold"]]
+    item["candidates"] = [item["gold"]] + rng.sample(others, min(INFILLING_CANDIDATES - 1,
+                                                                 len(others)))
+  return items
+
+
+def masked_span_layout(vocabulary, prefix: str, value: str,
+                       suffix: str) -> tuple[list[int], list[int], list[int]]:
+  """(head, span, tail) ids of `prefix + value + suffix`, cut from the text's own tokenization
+  (no re-tokenization at the span's edges): a word's "▁" goes with the word, and where the value
+  merges with the prefix's last piece the span starts at that piece."""
+  head = list(vocabulary.encode(prefix.rstrip()))
+  full = list(vocabulary.encode(prefix + value + suffix))
+  span = len(vocabulary.encode(prefix + value)) - len(head)
+  if full[:len(head)] != head:
+    head = head[:-1]
+    span += 1
+  return head, full[len(head):len(head) + span], full[len(head) + span:]
 
 
 def infilling_prompt_ids(vocabulary, item: dict) -> list[int]:
   """R-denoiser inputs: its mode token encoded on its own, then the text's own tokens with the
-  gold span's tokens replaced by sentinel 0 (no re-tokenization at the span's edges)."""
+  gold span's tokens replaced by sentinel 0."""
+  head, _, tail = masked_span_layout(vocabulary, item["prefix"], item["gold"], item["suffix"])
   sentinel = vocabularies.sentinel_ids(vocabulary)[0]
-  head = list(vocabulary.encode(item["prefix"].rstrip()))
-  full = list(vocabulary.encode(item["prefix"] + item["gold"] + item["suffix"]))
-  span = len(vocabulary.encode(item["prefix"] + item["gold"])) - len(head)
-  if full[:len(head)] != head:  # the answer merged with the prefix's last piece: mask from there
-    head = head[:-1]
-    span += 1
-  return list(vocabulary.encode(mode_token("R"))) + head + [sentinel] + full[len(head) + span:]
+  return list(vocabulary.encode(mode_token("R"))) + head + [sentinel] + tail
+
+
+def infilling_span_ids(vocabulary, item: dict, value: str) -> list[int]:
+  """The ids `value` takes in the gap of the item's prompt: the tokens of the text with `value`
+  filled in that lie between the prompt's head and tail (the gold's own span for the gold)."""
+  head, _, tail = masked_span_layout(vocabulary, item["prefix"], item["gold"], item["suffix"])
+  full = list(vocabulary.encode(item["prefix"] + value + item["suffix"]))
+  if (full[:len(head)] == head and full[len(full) - len(tail):] == tail
+      and len(full) > len(head) + len(tail)):
+    return full[len(head):len(full) - len(tail)]
+  return masked_span_layout(vocabulary, item["prefix"], value, item["suffix"])[1]
 
 
 def infilled_span(vocabulary, tokens: Sequence[int]) -> str:

@@ -84,6 +84,8 @@ HEADLINE_METRICS = (
     ("heldout_valid_answer_rate", "gen answer is an option (%)"),
     ("infilling_context_accuracy", "infilling, span in context (%)"),
     ("infilling_fact_accuracy", "infilling, memorised fact (%)"),
+    ("infilling_context_rank_accuracy", "infilling by rank, span in context (%)"),
+    ("infilling_fact_rank_accuracy", "infilling by rank, memorised fact (%)"),
 )
 
 
@@ -167,7 +169,11 @@ def write_seeds_report(model_dir: str, results_by_seed: dict[int, dict[str, dict
            "option with the highest log-likelihood (as FLAN 2021 and T0 score multiple choice). "
            "Normalized = 100 (acc - chance) / (100 - chance), averaged over the held-out tasks, "
            "as in the Flan paper. Knowledge cloze: the true value ranked among all values of "
-           "its attribute (chance 6-12.5% per attribute), before any finetuning for the base.",
+           "its attribute (chance 6-12.5% per attribute), before any finetuning for the base. "
+           "Infilling: greedy, exact match of the span written after `<extra_id_0>`; by rank: "
+           f"the gold span ranked first among {probes.INFILLING_CANDIDATES} values of its kind "
+           "(fewer for containers), each scored as the target `<extra_id_0> value EOS`"
+           + _rank_chance_text(summary) + ".",
            ""]
   lines += _headline_table(summary, multi)
   if not multi:
@@ -190,6 +196,12 @@ def write_seeds_report(model_dir: str, results_by_seed: dict[int, dict[str, dict
   paths.resolve(paths.join(model_dir, "report.json")).write_text(
       json.dumps(report_json(results_by_seed), indent=1) + "\n")
   return path
+
+
+def _rank_chance_text(summary: dict) -> str:
+  chances = [stats[f"infilling_{probe}_rank_chance"]["mean"] for stats in summary.values()
+             for probe in ("context", "fact") if f"infilling_{probe}_rank_chance" in stats]
+  return f" (chance {min(chances):.1f}-{max(chances):.1f}%)" if chances else ""
 
 
 def _compare(summary: dict, a: str, b: str, key: str) -> tuple[float, bool, bool] | None:
@@ -239,6 +251,10 @@ def direction_notes(summary: dict) -> list[str]:
              "heldout_rank_normalized"),
       _claim(summary, "UL2R buys infilling (span in context): U-base vs base", "ul2r", "base",
              "infilling_context_accuracy"),
+      _claim(summary, "UL2R buys infilling by rank (span in context, teacher-forced): U-base "
+             "vs base", "ul2r", "base", "infilling_context_rank_accuracy"),
+      _claim(summary, "UL2R buys infilling by rank (memorised fact, teacher-forced): U-base vs "
+             "base", "ul2r", "base", "infilling_fact_rank_accuracy"),
       _claim(summary, "Flan-U-base vs Flan-base, infilling (span in context)", "flan_ul2r",
              "flan_base", "infilling_context_accuracy"),
       _claim(summary, "Flan-U-base is at least as good as Flan-base (held-out gen, normalized)",
