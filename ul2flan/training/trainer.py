@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Sequence
 
 from etils import epath
@@ -330,4 +331,18 @@ def _train_steps(*, model_dir, model_config, partitioner, builder, manager, guar
       w.close()
     if bar is not None:
       bar.close()
+    # Released one at a time: a stage's end has stalled for up to a minute, cause unknown
+    # (docs/demo.md section 7), and a slow release then names its part.
+    started = time.monotonic()
+    train_iter.close()
+    _log_if_slow(stage_name, "closing the input pipeline", started)
+    started = time.monotonic()
+    del step_fn, state, run, hooks
+    _log_if_slow(stage_name, "releasing the compiled step, the train state and the hooks", started)
   result.step, result.last_metrics = total_steps, logging_hook.last
+
+
+def _log_if_slow(stage_name: str, what: str, started: float, slow_s: float = 5.0) -> None:
+  elapsed = time.monotonic() - started
+  if elapsed > slow_s:
+    logger.warning("[%s] %s took %.0fs", stage_name, what, elapsed)
