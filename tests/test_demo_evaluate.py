@@ -151,13 +151,15 @@ def test_infilling_candidates_are_the_gold_and_other_values_of_its_kind():
 
 @pytest.mark.parametrize("item", probes.infilling_context_items(6) + probes.infilling_fact_items(3),
                          ids=lambda it: f"{it['probe']}-{it['kind']}")
-def test_infilling_span_ids_fill_the_prompts_gap(item):
+def test_candidate_span_ids_fill_the_prompts_gap(item):
   """Every candidate's ids, put in the gap of the gold's prompt, give the text with that value."""
   prompt = probes.infilling_prompt_ids(VOCAB, item)
   gap = prompt.index(VOCAB.vocab_size - 1)
   head, tail = prompt[len(VOCAB.encode("[NLU]")):gap], prompt[gap + 1:]
-  for value in item["candidates"]:
-    filled = head + probes.infilling_span_ids(VOCAB, item, value) + tail
+  spans = probes.candidate_span_ids(VOCAB, item)
+  assert len(spans) == len(item["candidates"])
+  for value, span in zip(item["candidates"], spans):
+    filled = head + span + tail
     assert VOCAB.decode(filled) == item["prefix"] + value + item["suffix"]
 
 

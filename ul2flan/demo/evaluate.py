@@ -179,10 +179,9 @@ def infilling_rank_eval(gen, items: Sequence[dict]) -> tuple[dict, list[dict]]:
   prompts, targets = [], []
   for it in items:
     prompt = probes.infilling_prompt_ids(vocab, it)
-    for value in it["candidates"]:
+    for span in probes.candidate_span_ids(vocab, it):
       prompts.append(prompt)
-      targets.append([first_sentinel] + probes.infilling_span_ids(vocab, it, value)
-                     + [vocab.eos_id])
+      targets.append([first_sentinel] + span + [vocab.eos_id])
   flat = gen.score_ids(prompts, targets)
   rows, k = [], 0
   for it in items:

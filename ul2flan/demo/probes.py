@@ -169,15 +169,20 @@ def infilling_prompt_ids(vocabulary, item: dict) -> list[int]:
   return list(vocabulary.encode(mode_token("R"))) + head + [sentinel] + tail
 
 
-def infilling_span_ids(vocabulary, item: dict, value: str) -> list[int]:
-  """The ids `value` takes in the gap of the item's prompt: the tokens of the text with `value`
-  filled in that lie between the prompt's head and tail (the gold's own span for the gold)."""
+def candidate_span_ids(vocabulary, item: dict) -> list[list[int]]:
+  """The ids each of the item's `candidates` takes in the gap of its prompt: the tokens of the
+  text with that value filled in that lie between the prompt's head and tail (the gold's own span
+  for the gold)."""
   head, _, tail = masked_span_layout(vocabulary, item["prefix"], item["gold"], item["suffix"])
-  full = list(vocabulary.encode(item["prefix"] + value + item["suffix"]))
-  if (full[:len(head)] == head and full[len(full) - len(tail):] == tail
-      and len(full) > len(head) + len(tail)):
-    return full[len(head):len(full) - len(tail)]
-  return masked_span_layout(vocabulary, item["prefix"], value, item["suffix"])[1]
+  spans = []
+  for value in item["candidates"]:
+    full = list(vocabulary.encode(item["prefix"] + value + item["suffix"]))
+    if (full[:len(head)] == head and full[len(full) - len(tail):] == tail
+        and len(full) > len(head) + len(tail)):
+      spans.append(full[len(head):len(full) - len(tail)])
+    else:
+      spans.append(masked_span_layout(vocabulary, item["prefix"], value, item["suffix"])[1])
+  return spans
 
 
 def infilled_span(vocabulary, tokens: Sequence[int]) -> str:
