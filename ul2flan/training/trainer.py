@@ -331,8 +331,8 @@ def _train_steps(*, model_dir, model_config, partitioner, builder, manager, guar
       w.close()
     if bar is not None:
       bar.close()
-    # Released one at a time: a stage's end has stalled for up to a minute, cause unknown
-    # (docs/demo.md section 7), and a slow release then names its part.
+    # Released one at a time, so a slow release names its part: a stage's end has stalled for
+    # up to a minute while the input pipeline closed (docs/demo.md section 8).
     started = time.monotonic()
     train_iter.close()
     _log_if_slow(stage_name, "closing the input pipeline", started)
