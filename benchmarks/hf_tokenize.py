@@ -4,7 +4,7 @@ Compared, on the same documents and in the same run (alternating rounds, median 
 
 - `tokenizers`: `Tokenizer.encode_batch_fast` over all documents at once (Rust, all cores);
 - `seqio+hf`: a seqio task (text source -> `seqio.preprocessors.tokenize` -> EOS) with
-  `ul2flan.hf.tokenizer.HfVocabulary`, read as the trainer reads it (tf.data, batched);
+  `ul2flan.hf_vocab.vocabulary.HfVocabulary`, read as the trainer reads it (tf.data, batched);
 - `seqio+spm`: the same task with the demo SentencePiece vocabulary (seqio's in-graph op), for
   context.
 
@@ -33,8 +33,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ul2flan import vocabularies
 from ul2flan.demo import world
-from ul2flan.hf import token_layout
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 
 def build_tokenizer(directory: str, vocab_size: int) -> str:

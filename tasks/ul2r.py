@@ -16,9 +16,9 @@ from ul2flan.ul2 import tasks
 C4_TFDS_NAME = "c4/en:3.0.1"
 
 tasks.register_ul2_task(
-    "demo_ul2r", sources.demo_source(),
+    "demo_ul2r", corpus.demo_corpus_source(),
     lambda: denoisers.ul2r_preset(**corpus.demo_task_lengths()))
 tasks.register_ul2_task(
-    "demo_ul2", sources.demo_source(),
+    "demo_ul2", corpus.demo_corpus_source(),
     lambda: denoisers.ul2_preset(**corpus.demo_task_lengths()))
 tasks.register_ul2_task("c4_ul2r", sources.tfds_source(C4_TFDS_NAME), denoisers.ul2r_preset)

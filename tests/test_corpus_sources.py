@@ -8,6 +8,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from ul2flan.demo import corpus as _demo_corpus  # noqa: F401  (registers the "demo" spec)
 from ul2flan.ul2 import sources as corpus_sources
 from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import denoisers

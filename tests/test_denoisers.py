@@ -16,6 +16,7 @@ from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import lengths as ul2_lengths
 from ul2flan import vocabularies as vocab_lib
+from ul2flan.demo import corpus as _demo_corpus  # noqa: F401  (registers the "demo" spec)
 from ul2flan.demo import world
 
 EOS = 1

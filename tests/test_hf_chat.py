@@ -14,9 +14,9 @@ import transformers
 import hf_fixtures
 from ul2flan.flan import chat
 from ul2flan.flan import sources
-from ul2flan.hf import chat_template
-from ul2flan.hf import token_layout
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import chat_template
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 CONTENTS = ["What is 2+2?", "  padded question with   runs of spaces \n", hf_fixtures.SAMPLE_TEXT,
             "Emoji 🤖 and CJK 東京 and a brace {{ not jinja }}"]

@@ -243,8 +243,8 @@ def test_sharded_loading_equals_host_loading(small_hf_dir, tmp_path, scan_layers
 def test_embedding_rows_written_in_place_equal_model_embedding(tmp_path, policy, hf_rows, bos,
                                                                source_dtype):
   """The importer's lean row mapping against token_layout.model_embedding (the reference)."""
-  from ul2flan.hf import token_layout
-  from ul2flan.hf import tokenizer as hf_tokenizer
+  from ul2flan.hf_vocab import token_layout
+  from ul2flan.hf_vocab import vocabulary as hf_tokenizer
   tokenizer = hf_reference.train_tokenizer(300)
   if not bos:
     tokenizer.bos_token = None

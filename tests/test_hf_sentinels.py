@@ -13,8 +13,8 @@ from tokenizers import Tokenizer
 
 import hf_fixtures
 from ul2flan import vocabularies
-from ul2flan.hf import token_layout
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 RESERVED = re.compile(r"<\|reserved_special_token_(\d+)\|>")
 

@@ -19,8 +19,8 @@ from tokenizers import Tokenizer
 
 import hf_fixtures
 from ul2flan import vocabularies
-from ul2flan.hf import token_layout
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 LINES = hf_fixtures.SAMPLE_TEXT.splitlines(keepends=True) + [
     hf_fixtures.SAMPLE_TEXT, "!", "!!! wow!", "", " ", "\n\n"]

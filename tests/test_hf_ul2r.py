@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 import hf_fixtures
 from ul2flan.commands import inspect_task
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 from ul2flan.ul2 import sources as ul2_sources
 from ul2flan.ul2 import tasks as ul2_tasks
 

@@ -27,7 +27,8 @@ from ul2flan import config as config_lib
 from ul2flan import paths
 from ul2flan.demo import evaluate as demo_evaluate
 from ul2flan.demo import report
-from ul2flan.hf import exporter, import_vocabulary, importer, token_layout
+from ul2flan.hf import exporter, import_vocabulary, importer
+from ul2flan.hf_vocab import token_layout
 from ul2flan.training import trainer
 
 logger = logging.getLogger(__name__)

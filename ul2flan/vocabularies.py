@@ -2,9 +2,9 @@
 
 * `get_vocabulary()` (gin: `get_vocabulary.kind` / `.path` / `.extra_ids` / ...) is the vocabulary
   a run trains with: the embedded demo SentencePiece model, any SentencePiece model by path, or a
-  Hugging Face `tokenizer.json` (`kind='hf'`, `ul2flan.hf.tokenizer`: its sentinels follow
+  Hugging Face `tokenizer.json` (`kind='hf'`, `ul2flan.hf_vocab.vocabulary`: its sentinels follow
   `.sentinels` / `.num_sentinels` / `.embedding_size` / `.reserved_pattern`, see
-  `ul2flan.hf.token_layout`).
+  `ul2flan.hf_vocab.token_layout`).
 * `ConfiguredVocabulary()` is what registered tasks hold: a `seqio.Vocabulary` that looks up
   `get_vocabulary()` each time it is used, so a task registered before gin is parsed (importing
   `ul2flan_tasks` from a gin file, as t5x does) still uses the vocabulary bound afterwards, and the
@@ -16,7 +16,7 @@
 
 T5 id conventions for SentencePiece: pad=0 (also the decoder's BOS), eos=1, unk=2. A Hugging Face
 vocabulary keeps pad=0 (seqio pads and packs with 0) and the tokenizer's own EOS; see
-`ul2flan.hf.tokenizer`.
+`ul2flan.hf_vocab.vocabulary`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Sequence
 import gin
 import seqio
 
-from ul2flan.hf import token_layout
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_SPM_PATH = os.path.join(ASSETS_DIR, "demo_spm.model")
@@ -65,7 +65,7 @@ class VocabularySpec:
   """Which vocabulary: what `run.json` records so a trained model can be used without gin.
 
   `extra_ids` applies to the SentencePiece kinds; `sentinels`, `num_sentinels`, `embedding_size`
-  and `reserved_pattern` to `hf` (`ul2flan.hf.token_layout.SentinelPolicy`).
+  and `reserved_pattern` to `hf` (`ul2flan.hf_vocab.token_layout.SentinelPolicy`).
   """
   kind: str = "demo"
   path: str | None = None

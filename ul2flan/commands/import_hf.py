@@ -15,7 +15,8 @@ import argparse
 import json
 
 from ul2flan.commands import distributed
-from ul2flan.hf import import_vocabulary, importer, token_layout
+from ul2flan.hf import import_vocabulary, importer
+from ul2flan.hf_vocab import token_layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """The embedded demo corpus (`ul2flan.demo.world`) as a seqio source, and the demo UL2 lengths.
 
-A leaf module: it depends on the world generator only, so corpus sources anywhere may offer it.
+Importing it registers the corpus spec "demo" with `ul2flan.ul2.sources` (the UL2 package never
+imports the demo).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 from ul2flan.demo import world
+from ul2flan.ul2 import sources
 
 SPLITS = ("train", "validation")
 
@@ -36,3 +38,6 @@ def demo_task_lengths(inputs_length: int = 128, targets_length: int = 128) -> di
   Read when a task is used, not when it is registered, so a gin binding anywhere applies.
   """
   return {"inputs_length": inputs_length, "targets_length": targets_length}
+
+
+sources.register_named_source("demo", demo_corpus_source)

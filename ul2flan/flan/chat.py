@@ -3,7 +3,7 @@
 Off by default (the demo and SentencePiece vocabularies have no chat template). With
 `ChatFormat.enabled = True` every Flan task (formatted, pre-formatted and Flan-export tasks alike:
 they all go through `sources.add_task`) renders each example as one exchange of the vocabulary's
-chat template (`ul2flan.hf.chat_template`): `inputs` becomes the user turn followed by the
+chat template (`ul2flan.hf_vocab.chat_template`): `inputs` becomes the user turn followed by the
 assistant header (`add_generation_prompt=True`), `targets` the assistant's text and the end of
 turn. The loss stays on `targets` only: the prefix-LM feature converters weight the targets.
 

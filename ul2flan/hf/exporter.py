@@ -21,8 +21,9 @@ import numpy as np
 from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
-from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io, token_layout
+from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io
 from ul2flan.hf import tokenizer_files, weights
+from ul2flan.hf_vocab import token_layout
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
 

@@ -18,8 +18,9 @@ import dataclasses
 import os
 from typing import Any
 
-from ul2flan.hf import output_dir, token_layout, tokenizer_files
-from ul2flan.hf import tokenizer as hf_tokenizer
+from ul2flan.hf import output_dir, tokenizer_files
+from ul2flan.hf_vocab import token_layout
+from ul2flan.hf_vocab import vocabulary as hf_tokenizer
 
 AUTO = "auto"
 AUTO_ORDER = ("reserved", "unused_rows", "new_rows")

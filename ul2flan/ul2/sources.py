@@ -8,7 +8,8 @@ Source kinds (each yields examples with one string field, "text" unless said oth
   or `per="file"`: one document per file.
 - JSON Lines, `jsonl_source(pattern, text_field="text")`: one document per line.
 - TFRecord files of tf.train.Example, `tfrecord_source(pattern, text_feature="text")`.
-- The embedded demo corpus, `demo_source()`.
+- Named sources registered by other packages (`register_named_source`): the demo registers its
+  generated corpus as "demo" (`ul2flan.demo.corpus`), so this module never imports the demo.
 
 File patterns are globs; `{split}` in a pattern is replaced by the split name, otherwise the
 pattern is the "train" split. Files are checked when a dataset is built (not when the source is
@@ -25,14 +26,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import gin
 import numpy as np
 import seqio
 import tensorflow as tf
-
-from ul2flan.demo import corpus as demo_corpus
 
 
 DEFAULT_SPLITS = ("train", "validation")
@@ -246,9 +245,15 @@ def tfds_source(name: str, data_dir: str | None = None,
   return _PreparedTfdsSource(name, data_dir, splits)
 
 
-def demo_source() -> seqio.DataSource:
-  """The embedded, generated demo corpus (`ul2flan.world`), field "text"."""
-  return demo_corpus.demo_corpus_source()
+# Sources known by a bare name ("demo"): registered by the package that owns them.
+_NAMED_SOURCES: dict[str, Callable[[], seqio.DataSource]] = {}
+
+
+def register_named_source(name: str, make_source: Callable[[], seqio.DataSource]) -> None:
+  """Makes `name` a corpus spec of its own (the demo registers "demo")."""
+  if ":" in name:
+    raise ValueError(f"a named corpus source cannot contain ':' ({name!r})")
+  _NAMED_SOURCES[name] = make_source
 
 
 _SPEC_KINDS = {
@@ -262,11 +267,13 @@ _SPEC_KINDS = {
 
 @gin.configurable
 def source_from_spec(spec: str) -> seqio.DataSource:
-  """"demo", "tfds:NAME", "text:GLOB", "textfile:GLOB", "jsonl:GLOB" or "tfrecord:GLOB"."""
-  if spec == "demo":
-    return demo_source()
+  """A registered name ("demo") or "tfds:NAME", "text:GLOB", "textfile:GLOB", "jsonl:GLOB",
+  "tfrecord:GLOB"."""
+  if spec in _NAMED_SOURCES:
+    return _NAMED_SOURCES[spec]()
   kind, sep, arg = spec.partition(":")
   if not sep or kind not in _SPEC_KINDS or not arg:
-    raise ValueError(f"bad corpus spec {spec!r}; use 'demo' or KIND:ARG with KIND one of "
+    named = " or ".join(repr(n) for n in sorted(_NAMED_SOURCES)) or "a registered name"
+    raise ValueError(f"bad corpus spec {spec!r}; use {named}, or KIND:ARG with KIND one of "
                      f"{sorted(_SPEC_KINDS)}, e.g. 'jsonl:/data/{{split}}.jsonl'")
   return _SPEC_KINDS[kind](arg)

@@ -28,8 +28,8 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
-from ul2flan.hf import chat_template as chat_lib
-from ul2flan.hf import token_layout
+from ul2flan.hf_vocab import chat_template as chat_lib
+from ul2flan.hf_vocab import token_layout
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
