@@ -35,8 +35,8 @@ TRAIN_ARGS = [
     "--gin.DecoderConfig.num_kv_heads=2", "--gin.DecoderConfig.head_dim=16",
     "--gin.DecoderConfig.mlp_dim=128", "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
     "--gin.BATCH_SIZE=8", "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0",
-    "--gin.train.log_period=1", "--gin.train.peak_flops_per_device=1e12",
-    "--gin.train.progress=False", f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
+    "--gin.TrainConfig.log_period=1", "--gin.TrainConfig.peak_flops_per_device=1e12",
+    "--gin.TrainConfig.progress=False", f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
     f"--gin.CheckpointConfig.save_period={SAVE_PERIOD}", "--gin.CheckpointConfig.keep=3",
     "--gin.CheckpointConfig.async_save=True",
 ]

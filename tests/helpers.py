@@ -8,6 +8,7 @@ import ul2flan_tasks  # noqa: F401  (registers demo_lm)
 from ul2flan import checkpoints, partitioning
 from ul2flan.model.config import DecoderConfig
 from ul2flan.training import data
+from ul2flan.training.settings import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +18,12 @@ MICRO = dict(vocab_size=768, d_model=64, num_layers=2, num_heads=4, num_kv_heads
 
 def micro_config(**overrides) -> DecoderConfig:
   return DecoderConfig(**{**MICRO, **overrides})
+
+
+def quiet_train_config(total_steps: int, **overrides) -> TrainConfig:
+  """A TrainConfig for tests: metrics every step, no progress bar, a fixed MFU peak."""
+  return TrainConfig(**{"total_steps": total_steps, "log_period": 1, "progress": False,
+                        "peak_flops_per_device": 1e12, **overrides})
 
 
 def lm_dataset(batch_size=8, length=64, **kw) -> data.DatasetConfig:
@@ -41,7 +48,7 @@ def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
   from ul2flan.training import trainer  # pylint: disable=g-import-not-at-top
   config.parse_gin(["gin_configs/runs/pretrain.gin"], MICRO_BINDINGS + [
       "TASK_FEATURE_LENGTHS={'targets': 32}", "BATCH_SIZE=4", "TRAIN_STEPS=1", "EVAL_PERIOD=0",
-      "train.progress=False", "CheckpointConfig.async_save=False",
+      "TrainConfig.progress=False", "CheckpointConfig.async_save=False",
       "train/DatasetConfig.shuffle=False", "make_optimizer.name='adamw'", *extra_bindings])
   trainer.train(model_dir)
   config.parse_gin([])

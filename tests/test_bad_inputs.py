@@ -29,7 +29,7 @@ from ul2flan.commands import main as cli
 TRAIN = ["train", "--gin_file=gin_configs/runs/pretrain.gin",
          *[f"--gin.DecoderConfig.{k}={v}" for k, v in MICRO.items()],
          "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.EVAL_PERIOD=0",
-         "--gin.train.progress=False", "--gin.make_optimizer.name='adamw'"]
+         "--gin.TrainConfig.progress=False", "--gin.make_optimizer.name='adamw'"]
 PREFIX_LM = ["--gin.FEATURE_CONVERTER='prefix_lm'",
              "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}"]
 # What a user must never see on a normal run (see ul2flan.logs): native startup noise, orbax's
@@ -46,7 +46,7 @@ def env(tmp_path_factory):
   (data / "a_file").write_text("not a directory\n")
   (data / "bad.jsonl").write_text('{"question": "q?", "answer": "a"}\n{not json\n')
   (data / "empty.gin").write_text("")
-  (data / "broken.gin").write_text("train.total_steps = 3\nDecoderConfig.d_model = = 4\n")
+  (data / "broken.gin").write_text("TrainConfig.total_steps = 3\nDecoderConfig.d_model = = 4\n")
   mmlu = data / "eval" / "mmlu"
   for split in ("dev", "test"):
     (mmlu / split).mkdir(parents=True)
@@ -149,15 +149,15 @@ CASES = [
          ("INITIAL_CHECKPOINT_PATH has no value", "pass --gin.INITIAL_CHECKPOINT_PATH=VALUE")),
     # Values, checked before anything is built or written.
     Case("zero_steps", _train("--gin.TRAIN_STEPS=0"),
-         (r"train.total_steps \(TRAIN_STEPS\) must be a positive integer, got 0",)),
+         (r"TrainConfig.total_steps \(TRAIN_STEPS\) must be a positive integer, got 0",)),
     Case("negative_steps", _train("--gin.TRAIN_STEPS=-5"), ("must be a positive integer, got -5",)),
     Case("batch_size_text", _train("--gin.BATCH_SIZE='x'"),
          (r"batch_size \(BATCH_SIZE\) must be a positive integer, got 'x'",)),
     Case("batch_size_zero", _train("--gin.BATCH_SIZE=0"), (r"\(BATCH_SIZE\) .* got 0",)),
     Case("save_period_zero", _train("--gin.CheckpointConfig.save_period=0"),
          ("CheckpointConfig.save_period must be a positive integer, got 0",)),
-    Case("log_period_zero", _train("--gin.train.log_period=0"),
-         ("train.log_period must be a positive integer, got 0",)),
+    Case("log_period_zero", _train("--gin.TrainConfig.log_period=0"),
+         ("TrainConfig.log_period must be a positive integer, got 0",)),
     Case("targets_length_zero", _train("--gin.TASK_FEATURE_LENGTHS={'targets': 0}"),
          (r"TASK_FEATURE_LENGTHS\)\['targets'\] must be a positive integer, got 0",)),
     Case("targets_length_missing", _train("--gin.TASK_FEATURE_LENGTHS={'inputs': 32}"),
@@ -223,7 +223,7 @@ CASES = [
     Case("resume_damaged_checkpoint", _resume("--gin.TRAIN_STEPS=3", where="copy"),
          ("corrupt", "params", "fallback_to_intact=True"),
          copy=lambda d: _damage(os.path.join(d, "checkpoints", "1"))),
-    Case("diverged", _resume("--gin.TRAIN_STEPS=4", "--gin.train.log_period=1",
+    Case("diverged", _resume("--gin.TRAIN_STEPS=4", "--gin.TrainConfig.log_period=1",
                              "--gin.make_schedule.kind='constant'", "--gin.LEARNING_RATE=1e6",
                              "--gin.make_schedule.warmup_steps=0", where="copy"),
          (r"^diverged: .*step \d+ is not finite", "LEARNING_RATE"), code=3,

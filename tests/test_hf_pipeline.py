@@ -40,7 +40,7 @@ def write_flan_export(path, n=40):
 
 def run_pipeline(model_dir, hf_dir, corpus, flan):
   small = ["TRAIN_STEPS = 3", "BATCH_SIZE = 4", "EVAL_PERIOD = 0",
-           "CheckpointConfig.save_period = 3", "train.peak_flops_per_device = 1e12"]
+           "CheckpointConfig.save_period = 3", "TrainConfig.peak_flops_per_device = 1e12"]
   ul2r = small + ["TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 64}"]
   flan_ = small + ["TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 16}"]
   args = [

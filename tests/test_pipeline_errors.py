@@ -45,7 +45,7 @@ def test_train_on_a_malformed_jsonl_line_exits_at_once_naming_file_and_line(tmp_
           "--gin.MIXTURE_OR_TASK_MODULE='bad_data_tasks'", "--gin.INITIAL_CHECKPOINT_PATH=None",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}", "--gin.BATCH_SIZE=2",
           "--gin.TRAIN_STEPS=50", "--gin.EVAL_PERIOD=0", "--gin.MESH_SHAPE={'data': 1}",
-          "--gin.train.progress=False",
+          "--gin.TrainConfig.progress=False",
           *[f"--gin.{b}" for b in MICRO_BINDINGS]]
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
          "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",

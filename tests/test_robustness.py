@@ -13,8 +13,9 @@ import pytest
 
 from ul2flan import checkpoints, partitioning
 from ul2flan.training import guards, optim, steps, trainer
+from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
-from helpers import REPO_ROOT, lm_dataset, micro_config
+from helpers import REPO_ROOT, lm_dataset, micro_config, quiet_train_config
 
 GOOD_STEPS = 4
 
@@ -22,10 +23,10 @@ GOOD_STEPS = 4
 def _train(model_dir, total_steps, log_period=1, **kw):
   return trainer.train(
       str(model_dir), train_dataset_cfg=lm_dataset(batch_size=4, length=32),
-      total_steps=total_steps, model_config=micro_config(),
+      train_cfg=quiet_train_config(total_steps, log_period=log_period, **kw),
+      model_config=micro_config(),
       partitioner=partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1]),
-      log_period=log_period, progress=False, peak_flops_per_device=1e12,
-      checkpoint_cfg=checkpoints.CheckpointConfig(save_period=2, keep=3, async_save=False), **kw)
+      checkpoint_cfg=checkpoints.CheckpointConfig(save_period=2, keep=3, async_save=False))
 
 
 def _saved(model_dir, step):
@@ -116,9 +117,11 @@ def _builder():
 
 
 def _resume(model_dir, **cfg):
-  cfg = checkpoints.CheckpointConfig(**cfg)
-  with checkpoints.make_manager(model_dir, cfg) as mgr:
-    return trainer.restore_or_init(_builder(), mgr, model_dir, cfg, 0)
+  checkpointer = Checkpointer(model_dir, checkpoints.CheckpointConfig(**cfg))
+  try:
+    return checkpointer.restore_or_init(_builder(), 0)
+  finally:
+    checkpointer.close()
 
 
 def _largest_params_file(step_dir):

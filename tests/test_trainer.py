@@ -9,8 +9,9 @@ import pytest
 
 from ul2flan import checkpoints, partitioning
 from ul2flan.training import steps, trainer
+from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
-from helpers import lm_dataset, micro_config, run_cli
+from helpers import lm_dataset, micro_config, quiet_train_config, run_cli
 
 STEPS = 6
 
@@ -18,9 +19,9 @@ STEPS = 6
 def _train(model_dir, mesh=None, devices=None, steps=STEPS, microbatches=1, ckpt=None, **kw):
   part = partitioning.Partitioner(mesh or {"data": -1}, devices=devices)
   return trainer.train(
-      str(model_dir), train_dataset_cfg=lm_dataset(), total_steps=steps,
-      model_config=micro_config(), partitioner=part, log_period=1, progress=False,
-      num_microbatches=microbatches, peak_flops_per_device=1e12,
+      str(model_dir), train_dataset_cfg=lm_dataset(),
+      train_cfg=quiet_train_config(steps, num_microbatches=microbatches),
+      model_config=micro_config(), partitioner=part,
       checkpoint_cfg=ckpt or checkpoints.CheckpointConfig(save_period=1000, async_save=False),
       **kw)
 
@@ -69,8 +70,8 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
           "--gin.DecoderConfig.num_heads=4", "--gin.DecoderConfig.num_kv_heads=2",
           "--gin.DecoderConfig.head_dim=16", "--gin.DecoderConfig.mlp_dim=128",
           "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
-          "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.train.log_period=1",
-          "--gin.make_schedule.warmup_steps=100", "--gin.train.peak_flops_per_device=1e12"]
+          "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
+          "--gin.make_schedule.warmup_steps=100", "--gin.TrainConfig.peak_flops_per_device=1e12"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   r = run_cli(args + [f"--gin.TRAIN_STEPS={STEPS}"], env)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -100,9 +101,10 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   builder = steps.StepBuilder(micro_config(), part, *_tx(), seed=0, z_loss=1e-4,
                                 num_microbatches=1)
-  mgr = checkpoints.make_manager(str(dst), checkpoints.CheckpointConfig())
-  state, data_state, how = trainer.restore_or_init(
-      builder, mgr, str(dst), checkpoints.CheckpointConfig(initial_checkpoint_path=str(src)), 0)
+  checkpointer = Checkpointer(str(dst), checkpoints.CheckpointConfig(
+      initial_checkpoint_path=str(src)))
+  state, data_state, how = checkpointer.restore_or_init(builder, 0)
+  checkpointer.close()
   assert int(state.step) == 0 and data_state == {"batches_consumed": 0} and "fresh optimizer" in how
   _, src_params = _final_params(src)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), src_params)

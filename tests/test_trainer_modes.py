@@ -19,7 +19,7 @@ from ul2flan.model import decoder as decoder_lib
 from ul2flan.model import losses
 from ul2flan.training import steps, trainer
 from ul2flan.training.metrics import read_metrics
-from helpers import lm_dataset, micro_config
+from helpers import lm_dataset, micro_config, quiet_train_config
 
 STEPS = 4
 
@@ -27,9 +27,8 @@ STEPS = 4
 def _train(model_dir, steps_total, devices=None, mesh=None, ckpt=None, config=None):
   part = partitioning.Partitioner(mesh or {"data": 1}, devices=devices or jax.devices()[:1])
   return trainer.train(
-      str(model_dir), train_dataset_cfg=lm_dataset(), total_steps=steps_total,
-      model_config=config or micro_config(), partitioner=part, log_period=1, progress=False,
-      peak_flops_per_device=1e12,
+      str(model_dir), train_dataset_cfg=lm_dataset(), train_cfg=quiet_train_config(steps_total),
+      model_config=config or micro_config(), partitioner=part,
       checkpoint_cfg=ckpt or checkpoints.CheckpointConfig(save_period=1000, async_save=False))
 
 

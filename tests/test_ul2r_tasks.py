@@ -11,12 +11,12 @@ import pytest
 import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers the tasks)
+from ul2flan import row_layout
 from ul2flan.demo import corpus as demo_corpus
 from ul2flan.demo import world
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import tasks as ul2_tasks
 from ul2flan.commands import inspect_task
-from ul2flan.training import data
 from ul2flan import vocabularies as vocab_lib
 
 EOS = 1
@@ -81,7 +81,7 @@ def test_prefix_lm_packing_concatenates_inputs_and_targets_before_packing(ul2r_e
   by_tokens = {tuple(ex["inputs"]) + tuple(ex["targets"]): ex for ex in examples}
   ds = seqio.get_mixture_or_task("demo_ul2r").get_dataset(None, split="train", shuffle=False,
                                                            seed=11).take(300)
-  packed = list(data.FEATURE_CONVERTERS["prefix_lm"](pack=True)(
+  packed = list(row_layout.RowLayout("prefix_lm").feature_converter(pack=True)(
       ds, {"inputs": 128, "targets": 128}).as_numpy_iterator())
   segments_seen = 0
   for row in packed:
@@ -125,7 +125,7 @@ def test_packed_decoder_rows_are_full_when_segments_fill_rows(length, fill_rows,
   lengths = {"inputs": length, "targets": length}
   ds = task.get_dataset(lengths, split="train", shuffle=False, seed=0).take(examples)
   text_tokens = sum(len(ex["inputs"]) + len(ex["targets"]) for ex in ds.as_numpy_iterator())
-  rows = list(data.FEATURE_CONVERTERS["prefix_lm"](pack=True)(ds, lengths).as_numpy_iterator())
+  rows = list(row_layout.RowLayout("prefix_lm").feature_converter(pack=True)(ds, lengths).as_numpy_iterator())
   fill = text_tokens / (len(rows) * 2 * length)
   if fill_rows:
     assert fill >= 0.95 and len(rows) == examples  # one example per row, each ~full

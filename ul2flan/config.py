@@ -23,6 +23,7 @@ import gin
 
 from ul2flan import gin_checks
 from ul2flan import paths
+from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.model.config import DecoderConfig
 
@@ -165,15 +166,10 @@ class RunInfo:
     return DecoderConfig(**self.model)
 
   @property
-  def prefix_lm(self) -> bool:
-    """Trained with a bidirectional prefix: decode the same way."""
-    return self.feature_converter == "prefix_lm"
-
-  @property
-  def prompt_ends_with_eos(self) -> bool:
-    """Trained as `inputs EOS targets` (both prefix-LM converters, bidirectional or causal): the
-    answer follows that EOS, so a prompt must end with it. A causal LM's prompt must not."""
-    return self.feature_converter in ("prefix_lm", "prefix_lm_causal")
+  def layout(self) -> row_layout.RowLayout:
+    """How this model's rows and prompts are laid out (the feature converter it was trained with,
+    and its vocabulary's start convention)."""
+    return row_layout.RowLayout.of(self.feature_converter, self.build_vocabulary())
 
   @property
   def prompt_budget(self) -> int | None:
@@ -183,7 +179,7 @@ class RunInfo:
     return int(lengths[key]) if key in lengths else None
 
   def build_vocabulary(self):
-    return vocabularies.VocabularySpec(**self.vocabulary).build()
+    return vocabularies.VocabularySpec.from_record(self.vocabulary).build()
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"

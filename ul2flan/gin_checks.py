@@ -48,6 +48,14 @@ MOVED = {
     "ul2flan.data": "ul2flan.training.data",
     "ul2flan.optim": "ul2flan.training.optim",
     "%MODEL_DIR": "--model_dir (MODEL_DIR is no longer a gin macro)",
+    # train()'s scalar settings became one object per concern (ul2flan.training.settings).
+    **{f"train.{name}": f"TrainConfig.{name}" for name in (
+        "total_steps", "log_period", "seed", "z_loss", "num_microbatches",
+        "peak_flops_per_device", "on_nonfinite", "max_consecutive_skips", "profile_start_step",
+        "profile_num_steps", "progress")},
+    "train.eval_dataset_cfg": "EvalConfig.dataset_cfg",
+    "train.eval_period": "EvalConfig.period",
+    "train.eval_steps": "EvalConfig.steps",
 }
 
 STAGE_HINT = ("the pipeline's top level reads only run_pipeline.*, evaluation_settings.* and "
@@ -88,6 +96,9 @@ def explain_parse_error(message: str) -> str:
     name = m.group(1).rsplit("/", 1)[-1]
     return message.rstrip(".") + closest(name, configurable_names())
   if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
+    moved = MOVED.get(f"{m.group(1).rsplit('.', 1)[-1]}.{m.group(2)}")
+    if moved:
+      return f"{message.rstrip('.')}; {m.group(1).rsplit('.', 1)[-1]}.{m.group(2)} is now {moved}"
     return message.rstrip(".") + closest(m.group(2), parameter_names(m.group(1)))
   if "malformed node or string" in message:
     return ("a value is neither a Python literal nor a gin reference (@name() or %MACRO); a "
@@ -189,7 +200,7 @@ def check_bindings(command: str | None = None, ever_referenced: Iterable[str] = 
   """Raises ValueError listing every binding nothing will read and every macro bound nowhere.
 
   A macro that a gin file binds is allowed to go unread when a later binding set the parameters
-  that used it directly (`--gin.train.total_steps=5` leaves base.gin's TRAIN_STEPS unread); one
+  that used it directly (`--gin.TrainConfig.total_steps=5` leaves base.gin's TRAIN_STEPS unread); one
   that nothing ever referenced (`ever_referenced`: the macros referenced at any point while
   parsing), or that a binding set (`rebound`) after that happened, is refused. `command`
   ("train" or "pipeline") also refuses configurables that command never calls.

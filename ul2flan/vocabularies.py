@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import seqio
@@ -65,7 +65,8 @@ class VocabularySpec:
   """Which vocabulary: what `run.json` records so a trained model can be used without gin.
 
   `extra_ids` applies to the SentencePiece kinds; `sentinels`, `num_sentinels`, `embedding_size`
-  and `reserved_pattern` to `hf` (`ul2flan.hf_vocab.token_layout.SentinelPolicy`).
+  and `reserved_pattern` to `hf` (`ul2flan.hf_vocab.token_layout.SentinelPolicy`), and `start`
+  (which token starts a row: the one the tokenizer adds, or none; `ul2flan.hf_vocab.vocabulary`).
   """
   kind: str = "demo"
   path: str | None = None
@@ -74,6 +75,16 @@ class VocabularySpec:
   num_sentinels: int = DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS
   embedding_size: int | None = None
   reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN
+  start: str = "added"
+
+  @classmethod
+  def from_record(cls, record: Mapping[str, Any]) -> "VocabularySpec":
+    """The spec a `run.json` records. A Hugging Face vocabulary recorded before `start` was
+    (imports that started rows with the declared `bos_token`) keeps that rule."""
+    record = dict(record)
+    if record.get("kind") == "hf":
+      record.setdefault("start", "declared")
+    return cls(**record)
 
   def build(self) -> seqio.Vocabulary:
     if self.kind == "demo":
@@ -84,7 +95,8 @@ class VocabularySpec:
       return sentencepiece_vocabulary(self.path, self.extra_ids)
     if self.kind == "hf":
       return hf_tokenizer.hf_vocabulary(self.path, token_layout.SentinelPolicy(
-          self.sentinels, self.num_sentinels, self.embedding_size, self.reserved_pattern))
+          self.sentinels, self.num_sentinels, self.embedding_size, self.reserved_pattern),
+          self.start)
     raise ValueError(f"unknown vocabulary kind {self.kind!r}; use one of {VOCABULARY_KINDS}")
 
 
@@ -93,11 +105,11 @@ def get_vocabulary(kind: str = "demo", path: str | None = None,
                    extra_ids: int = DEFAULT_EXTRA_IDS, sentinels: str = "reserved",
                    num_sentinels: int = DEFAULT_NUM_SENTINELS_WITHOUT_EXTRA_IDS,
                    embedding_size: int | None = None,
-                   reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN
-                   ) -> seqio.Vocabulary:
+                   reserved_pattern: str = token_layout.LLAMA3_RESERVED_PATTERN,
+                   start: str = "added") -> seqio.Vocabulary:
   """The vocabulary every registered task and the model use; chosen by gin."""
   return VocabularySpec(kind, path, extra_ids, sentinels, num_sentinels, embedding_size,
-                        reserved_pattern).build()
+                        reserved_pattern, start).build()
 
 
 def configured_spec() -> VocabularySpec:
@@ -225,6 +237,14 @@ def sentinel_ids(vocabulary: seqio.Vocabulary, num_sentinels: int | None = None
                      f"{vocabulary.vocab_size} ids")
   top = vocabulary.vocab_size - 1
   return tuple(range(top, top - num_sentinels, -1))
+
+
+def adds_start_token(vocabulary: seqio.Vocabulary) -> bool:
+  """Whether the model saw a start token (BOS) in the decoder's start slot when pre-trained.
+
+  True for SentencePiece vocabularies (T5 / seqio: id 0 is the decoder's BOS) and for a Hugging
+  Face tokenizer that adds a BOS; False for one that adds none (`ul2flan.row_layout`)."""
+  return bool(getattr(resolve(vocabulary), "adds_start_token", True))
 
 
 def sentinel_names(ids: Sequence[int]) -> dict[int, str]:

@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from ul2flan import config as config_lib
+from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.commands import configurables  # noqa: F401  pylint: disable=unused-import
 from ul2flan.flan import rates
@@ -227,7 +228,7 @@ def _packing_waste(examples: Sequence[Mapping[str, Any]],
   columns = {k: tf.ragged.constant([_as_python(ex[k]) for ex in examples], dtype=tf.int32)
              for k in keys}
   ds = tf.data.Dataset.from_tensor_slices(columns).map(lambda x: {k: x[k] for k in keys})
-  converter = (data.FEATURE_CONVERTERS["prefix_lm"](pack=True) if keys == ["inputs", "targets"]
+  converter = (row_layout.RowLayout("prefix_lm").feature_converter(pack=True) if keys == ["inputs", "targets"]
                else seqio.LMFeatureConverter(pack=True))
   tokens = total = 0
   for row in converter(ds, lengths).as_numpy_iterator():

@@ -9,7 +9,7 @@ import argparse
 
 from ul2flan import config as config_lib
 from ul2flan import gin_checks
-from ul2flan import pipeline
+from ul2flan.pipeline import runner
 from ul2flan.commands import configurables  # noqa: F401  pylint: disable=unused-import
 from ul2flan.commands import distributed
 from ul2flan.commands import train
@@ -30,4 +30,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   distributed.initialize(args)
   config_lib.parse_gin(args.gin_file, args.gin, command="pipeline")
-  return pipeline.run_pipeline(args.model_dir)
+  return runner.run_pipeline(args.model_dir)

@@ -1,4 +1,5 @@
-"""Evaluation of the demo pipeline's models: knowledge, held-out tasks, infilling, benchmarks.
+"""The demo's evaluator ("demo", registered with `ul2flan.pipeline.evaluators` on import):
+knowledge, held-out tasks, infilling.
 
 Every model is prompted in the layout it was trained in (the `Generator` reads it from run.json:
 a causal LM gets `BOS ids`, a prefix LM and a causal prefix LM such as Flan-base `BOS ids EOS`).
@@ -16,8 +17,6 @@ What is measured (`result["metrics"]`, one flat dict per model; `probes` defines
   replaced by sentinel 0; the model must write that span after `<extra_id_0>`. Also by rank
   (`infilling_*_rank_accuracy`): the gold span among other values of its kind, each scored as
   the target `<extra_id_0> value EOS`.
-* Optionally the real Flan benchmarks (MMLU, BBH, TyDiQA, MGSM), capped per subtask, with
-  prompts fitted to the model's trained length as `ul2flan eval` fits them.
 
 The model is reached only through `generate`, `generate_ids`, `score_options` and `score_ids`
 (`inference.generator.Generator`), so tests can hand in a stub with known log-likelihoods.
@@ -35,11 +34,10 @@ import jax
 from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.demo import probes
+from ul2flan.demo import report as demo_report
 from ul2flan.demo import tasks as demo_tasks
-from ul2flan.evaluation import harness
 from ul2flan.evaluation import scoring
-from ul2flan.evaluation import suite
-from ul2flan.inference import generator as generator_lib
+from ul2flan.pipeline import evaluators
 
 logger = logging.getLogger(__name__)
 
@@ -233,45 +231,34 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -
     _write_jsonl(out_dir / f"{name}.knowledge.jsonl", knowledge_rows)
     _write_jsonl(out_dir / f"{name}.heldout.jsonl", heldout["rows"])
     _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
-  if settings.get("benchmarks") and settings.get("benchmarks_data_dir"):
-    result["benchmarks"] = run_benchmarks(
-        gen, settings, None if out_dir is None else str(out_dir / name))
   return result
-
-
-def evaluate_model(name: str, checkpoint_dir: str, model_dir: str, settings: dict) -> dict:
-  """Evaluates one checkpoint; results are cached in MODEL_DIR/eval/<name>.json."""
-  out_dir = paths.resolve(model_dir) / "eval"
-  cache = out_dir / f"{name}.json"
-  if cache.exists():
-    logger.info("[eval] %s: cached results %s", name, cache)
-    return json.loads(cache.read_text())
-  if jax.process_index() == 0:
-    out_dir.mkdir(parents=True, exist_ok=True)
-  logger.info("[eval] %s: evaluating the checkpoint %s", name, checkpoint_dir)
-  t0 = time.time()
-  gen = generator_lib.load_generator(checkpoint_dir, batch_size=settings["batch_size"])
-  result = {"model": name, "checkpoint": checkpoint_dir,
-            **evaluate_generator(gen, settings, out_dir, name)}
-  result["eval_seconds"] = time.time() - t0
-  if jax.process_index() == 0:
-    cache.write_text(json.dumps(result, indent=1))
-  return result
-
-
-def run_benchmarks(gen, settings: dict, out_dir: str | None) -> dict:
-  """The real Flan benchmarks (both modes), prompts fitted to the model as `ul2flan eval` does."""
-  scores = {}
-  for bench in settings["benchmarks"]:
-    tasks = suite.build_tasks(settings["benchmarks_data_dir"], benchmark=bench, mode="both")
-    config = harness.fitted_to(harness.HarnessConfig(
-        batch_size=settings["batch_size"],
-        max_examples_per_subtask=settings["benchmark_max_examples"],
-        output_dir=None if out_dir is None else paths.join(out_dir, bench)), gen)
-    scores[bench] = harness.run_suite(gen, tasks, config)
-  return scores
 
 
 def _write_jsonl(path, rows: list[dict]) -> None:
   if jax.process_index() == 0:
     paths.resolve(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class DemoEvaluator:
+  """The pipeline evaluator "demo" (`ul2flan.pipeline.evaluators`): knowledge cloze, held-out
+  demo tasks and the infilling probes, on every model of the pipeline."""
+  name = "demo"
+  headline = demo_report.HEADLINE_METRICS
+
+  def check(self, settings) -> None:
+    if settings.heldout_split not in ("train", "validation", "test"):
+      raise ValueError(f"evaluation_settings.heldout_split must be 'train', 'validation' or "
+                       f"'test', got {settings.heldout_split!r}")
+
+  def evaluate(self, gen, request) -> dict:
+    result = evaluate_generator(gen, request.settings.as_dict(), paths.resolve(request.out_dir),
+                                request.model)
+    result["heldout_split"] = request.settings.heldout_split
+    result["heldout_shots"] = request.settings.heldout_shots
+    return result
+
+  def report_lines(self, results_by_seed, summary) -> list[str]:
+    return demo_report.section(results_by_seed, summary)
+
+
+evaluators.register(DemoEvaluator())

@@ -20,9 +20,8 @@ import random
 import re
 from typing import Sequence
 
-from ul2flan import vocabularies
 from ul2flan.demo import world
-from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import infilling
 
 INFILLING_CANDIDATES = 8  # the gold span and 7 other values of its kind (all, where it has fewer)
 CONTEXT_NUMBERS = range(2, 31)  # the first number of a context item's word problem
@@ -38,9 +37,7 @@ HELDOUT_CLOZES = {
 }
 
 
-def mode_token(kind: str) -> str:
-  """The UL2R preset's mode token of a denoiser kind ("R", "X" or "S")."""
-  return next(d.mode_token for d in denoisers.UL2R.denoisers if d.kind == kind)
+mode_token = infilling.mode_token  # the UL2R preset's mode token of "R", "X" or "S"
 
 
 def normalize_text(text: str) -> str:
@@ -147,54 +144,15 @@ def _with_candidates(items: list[dict], rng: random.Random) -> list[dict]:
   return items
 
 
-def masked_span_layout(vocabulary, prefix: str, value: str,
-                       suffix: str) -> tuple[list[int], list[int], list[int]]:
-  """(head, span, tail) ids of `prefix + value + suffix`, cut from the text's own tokenization
-  (no re-tokenization at the span's edges): a word's "▁" goes with the word, and where the value
-  merges with the prefix's last piece the span starts at that piece."""
-  head = list(vocabulary.encode(prefix.rstrip()))
-  full = list(vocabulary.encode(prefix + value + suffix))
-  span = len(vocabulary.encode(prefix + value)) - len(head)
-  if full[:len(head)] != head:
-    head = head[:-1]
-    span += 1
-  return head, full[len(head):len(head) + span], full[len(head) + span:]
-
-
 def infilling_prompt_ids(vocabulary, item: dict) -> list[int]:
-  """R-denoiser inputs: its mode token encoded on its own, then the text's own tokens with the
-  gold span's tokens replaced by sentinel 0."""
-  head, _, tail = masked_span_layout(vocabulary, item["prefix"], item["gold"], item["suffix"])
-  sentinel = vocabularies.sentinel_ids(vocabulary)[0]
-  return list(vocabulary.encode(mode_token("R"))) + head + [sentinel] + tail
+  """The item's R-denoiser inputs (`ul2flan.ul2.infilling.prompt_ids`)."""
+  return infilling.prompt_ids(vocabulary, item["prefix"], item["gold"], item["suffix"])
 
 
 def candidate_span_ids(vocabulary, item: dict) -> list[list[int]]:
-  """The ids each of the item's `candidates` takes in the gap of its prompt: the tokens of the
-  text with that value filled in that lie between the prompt's head and tail (the gold's own span
-  for the gold)."""
-  head, _, tail = masked_span_layout(vocabulary, item["prefix"], item["gold"], item["suffix"])
-  spans = []
-  for value in item["candidates"]:
-    full = list(vocabulary.encode(item["prefix"] + value + item["suffix"]))
-    if (full[:len(head)] == head and full[len(full) - len(tail):] == tail
-        and len(full) > len(head) + len(tail)):
-      spans.append(full[len(head):len(full) - len(tail)])
-    else:
-      spans.append(masked_span_layout(vocabulary, item["prefix"], value, item["suffix"])[1])
-  return spans
+  """The ids each of the item's `candidates` takes in the gap of its prompt."""
+  return infilling.candidate_span_ids(vocabulary, item["prefix"], item["gold"], item["suffix"],
+                                      item["candidates"])
 
 
-def infilled_span(vocabulary, tokens: Sequence[int]) -> str:
-  """The text a model wrote for sentinel 0: after it (if written), up to the next sentinel or
-  EOS, as R-denoiser targets `<extra_id_0> span <extra_id_1> ...` lay it out."""
-  sentinels = set(vocabularies.sentinel_ids(vocabulary))
-  toks = list(tokens)
-  if toks and toks[0] == vocabularies.sentinel_ids(vocabulary)[0]:
-    toks = toks[1:]
-  span = []
-  for t in toks:
-    if t == vocabulary.eos_id or t in sentinels:
-      break
-    span.append(t)
-  return vocabulary.decode(span)
+infilled_span = infilling.written_span  # the span a model wrote after sentinel 0

@@ -27,6 +27,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from ul2flan import holdout
 from ul2flan import vocabularies
 from ul2flan.flan import files as files_lib
 from ul2flan.flan import mixtures
@@ -151,12 +152,24 @@ def _plain_fragment(text: str) -> bool:
 
 
 class ExportSource(seqio.DataSource):
-  """The rows of one export task (optionally one template type), read from its files."""
+  """The rows of one export task (optionally one template type), read from its files.
 
-  def __init__(self, task: ExportTask, template_type: str | None, on_malformed: str):
+  With `holdout_every` and no validation files, a "validation" split is held out of train: the
+  rows whose `inputs + "\n" + targets` hash to 0 modulo `holdout_every` (`ul2flan.holdout`, as
+  corpus files do); train leaves them out. Row counts stay the scan's (the slice is
+  ~1/`holdout_every` of them), which only the mixing rates read.
+  """
+
+  def __init__(self, task: ExportTask, template_type: str | None, on_malformed: str,
+               holdout_every: int | None = None):
     splits = [s for s in task.files if task.num_examples(s, template_type) > 0]
-    super().__init__(splits=splits,
-                     num_input_examples={s: task.num_examples(s, template_type) for s in splits})
+    counts = {s: task.num_examples(s, template_type) for s in splits}
+    self._holdout_every = None
+    if holdout_every and splits == ["train"]:
+      self._holdout_every = int(holdout_every)
+      splits = ["train", "validation"]
+      counts["validation"] = max(1, counts["train"] // self._holdout_every)
+    super().__init__(splits=splits, num_input_examples=counts)
     self._task = task
     self._template_type = template_type
     self._on_malformed = on_malformed
@@ -165,8 +178,11 @@ class ExportSource(seqio.DataSource):
   def supports_arbitrary_sharding(self) -> bool:
     return True
 
+  def _files(self, split: str) -> list[str]:
+    return list(self._task.files.get("train" if self._holdout_every else split, []))
+
   def list_shards(self, split: str) -> Sequence[str]:
-    return list(self._task.files.get(split, []))
+    return self._files(split)
 
   def _rows(self, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
     equal = {"_task_name": self._task.name}
@@ -191,7 +207,7 @@ class ExportSource(seqio.DataSource):
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs  # handled by the task
-    files = list(self._task.files.get(split, []))
+    files = self._files(split)
     if not files:
       raise ValueError(f"Flan export task {self._task.name!r} has no {split!r} rows")
     row_shard = None
@@ -212,7 +228,11 @@ class ExportSource(seqio.DataSource):
           k += 1
 
     signature = {k: tf.TensorSpec((), tf.string) for k in TEXT_FIELDS}
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if self._holdout_every:
+      ds = holdout.keep_split(ds, split, self._holdout_every,
+                              lambda ex: ex["inputs"] + "\n" + ex["targets"])
+    return ds
 
 
 def _unique_task_names(names: Sequence[str], prefix: str) -> dict[str, str]:
@@ -243,15 +263,20 @@ def register_flan_exports(file_pattern: str | Sequence[str], name: str = "flan_e
                           validation_file_pattern: str | Sequence[str] | None = None,
                           preset: str | mixtures.Preset = "proportion_b",
                           on_malformed: str = "fail", ignore_unknown_sources: bool = False,
-                          vocabulary: seqio.Vocabulary | None = None) -> RegisteredExport:
+                          vocabulary: seqio.Vocabulary | None = None,
+                          holdout_every: int | None = holdout.DEFAULT_EVERY
+                          ) -> RegisteredExport:
   """Scans the export files and registers its tasks, per-source mixtures and `name`.
+
+  Without `validation_file_pattern`, each task's "validation" split is held out of its train
+  rows (`ExportSource`; `holdout_every=None` gives no validation split instead).
 
   Tasks are `{name}.{task}` (`{name}.{task}.{template_type}` for presets that split by format);
   per-source mixtures `{name}_source_{source}`; the preset's submixtures `{name}_{group}`.
   """
   preset = mixtures.get_preset(preset)
   key = (repr(file_pattern), repr(validation_file_pattern), preset, on_malformed,
-         ignore_unknown_sources)
+         ignore_unknown_sources, holdout_every)
   if name in _REGISTERED:
     previous_key, registered = _REGISTERED[name]
     if previous_key == key:
@@ -271,7 +296,8 @@ def register_flan_exports(file_pattern: str | Sequence[str], name: str = "flan_e
       seqio_name = seqio_names[task_name]
       if template_type is not None:
         seqio_name += f".{sources.sanitize_task_name(template_type)}"
-      source = ExportSource(task, template_type, on_malformed)
+      source = ExportSource(task, template_type, on_malformed,
+                            None if validation_file_pattern else holdout_every)
       sources.add_task(seqio_name, source, vocabulary, replace=True)
       infos.append(mixtures.TaskInfo(seqio_name, task.source, template_type))
   submixtures = mixtures.preset_submixtures(preset, infos, ignore_unknown_sources)
@@ -294,11 +320,13 @@ def register_flan_exports(file_pattern: str | Sequence[str], name: str = "flan_e
 def flan_export_mixture(file_pattern: str = gin.REQUIRED, name: str = "flan_export",
                         validation_file_pattern: str | None = None,
                         preset: str = "proportion_b", on_malformed: str = "fail",
-                        ignore_unknown_sources: bool = False) -> str:
+                        ignore_unknown_sources: bool = False,
+                        holdout_every: int | None = holdout.DEFAULT_EVERY) -> str:
   """Gin entry point: registers a folder of Flan exports and returns the mixture name.
 
   `preset` is 'proportion_b' or 'flan2022_submix'; their weights and caps are gin-configurable
-  (`proportion_b.niv2_cap = 5000`, `flan2022_submix.cot = 0.05`, ...).
+  (`proportion_b.niv2_cap = 5000`, `flan2022_submix.cot = 0.05`, ...). Without validation files,
+  1 row in ~`holdout_every` of each task is held out of train as its validation split.
   """
   return register_flan_exports(file_pattern, name, validation_file_pattern, preset, on_malformed,
-                               ignore_unknown_sources).mixture
+                               ignore_unknown_sources, holdout_every=holdout_every).mixture

@@ -8,13 +8,16 @@ are the targets shifted right with a leading 0 (the feature converters' `bos_id`
 byte-level BPE uses id 0 for a real token ("!" in GPT-2, Llama 3, Qwen), so the model cannot use
 the tokenizer's ids unchanged. The layout swaps two ids instead:
 
-* The tokenizer has a BOS (distinct from its EOS): BOS and id 0 swap. Model id 0 (padding, and
+* The tokenizer adds a BOS (distinct from its EOS; `TokenizerIds.bos`, what its post-processor
+  puts first, not merely the `bos_token` it names): BOS and id 0 swap. Model id 0 (padding, and
   the start of every decoder input) then holds the BOS embedding: a sequence the model sees starts
   exactly as the original model's sequences did. BOS never appears inside encoded text (encode
   drops it; the leading 0 plays its part). Model id BOS holds the tokenizer's token 0.
-* No distinct BOS (Qwen, GPT-2 style): token 0 moves to a free id F (taken before the sentinels,
-  from the same pool), and model row 0 starts as a copy of the EOS row (these models see a new
-  document after EOS).
+* It adds none (SmolLM2, Qwen, GPT-2 style): token 0 moves to a free id F (taken before the
+  sentinels, from the same pool). The start slot is hidden (`ul2flan.row_layout`), so row 0 holds
+  nothing trained (the mean of the trained rows). Every other token keeps its own id: a declared
+  `bos_token` such as SmolLM2's `<|im_start|>` is ordinary text. (Dirs imported under the older
+  rule, `TokenizerIds.hidden_start` False, seeded row 0 with a copy of the EOS row.)
 
 Sentinels (sentinel k is `sentinel_ids[k]`) never collide with a token that text encodes to, nor
 with a token that has a job (BOS, EOS, padding, unknown, the chat template's tokens), except under
@@ -74,6 +77,9 @@ class TokenizerIds:
   bos: int | None
   role_ids: frozenset[int]  # tokens with a job: BOS, EOS, padding, unknown, the chat template's
   added: Mapping[int, str]  # added tokens: id -> text (where reserved tokens live)
+  # No BOS and the start slot hidden (`row_layout`): row 0 holds nothing trained. False with no
+  # BOS is the older rule: row 0 starts as a copy of the EOS row.
+  hidden_start: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +183,7 @@ def plan_layout(ids: TokenizerIds, policy: SentinelPolicy) -> TokenLayout:
     swap, start_copies, sentinels = ((0, ids.bos) if ids.bos else None), None, pool[:needed]
   else:
     free, sentinels = pool[0], pool[1:needed]
-    swap, start_copies = (0, free), ids.eos
+    swap, start_copies = (0, free), (None if ids.hidden_start else ids.eos)
     if free < ids.size:
       dropped.add(free)
   sentinels = tuple(sentinels)
@@ -196,6 +202,8 @@ def plan_layout(ids: TokenizerIds, policy: SentinelPolicy) -> TokenLayout:
                     (swap[1] + 1) if swap else 0])
   if swap and swap[1] in untrained:  # F now holds token 0, a trained row
     untrained.discard(swap[1])
+  if ids.hidden_start:  # row 0 is never attended: the trained rows' mean keeps it harmless
+    untrained.add(0)
   return TokenLayout(
       vocab_size=vocab_size, tokenizer_size=ids.size, swap=swap, start_copies=start_copies,
       sentinel_ids=sentinels, untrained_ids=tuple(sorted(untrained)),

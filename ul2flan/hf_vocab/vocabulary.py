@@ -2,10 +2,15 @@
 
 Conventions (the model's ids are the tokenizer's with the swap described in `token_layout`):
 
-* `encode` adds no special token, as `tokenizers.encode(text, add_special_tokens=False)`; it
-  drops the BOS (the decoder's leading 0, whose row is the BOS row, plays its part) and the
-  tokens reserved as sentinels. Special tokens written in the text (a chat template's markers)
-  are recognised, as `tokenizers` recognises them.
+* The start of a row follows what the tokenizer itself adds (`start = "added"`): a tokenizer
+  whose post-processor (or `add_bos_token`) puts a BOS first gets that BOS in the decoder's start
+  slot (model id 0); one that adds none (SmolLM2, Qwen) gets a hidden start slot
+  (`ul2flan.row_layout`), whatever `bos_token` it declares. `start = "declared"` is the older
+  rule (the declared `bos_token`, else a copy of EOS), kept so dirs imported with it still read.
+* `encode` adds no special token, as `tokenizers.encode(text, add_special_tokens=False)`, and
+  gives every id `tokenizers` gives, special tokens written in the text (a chat template's
+  markers) included; it drops only an added BOS (the start slot holds it) and the tokens
+  reserved as sentinels.
 * `eos_id` is the tokenizer's EOS (`eos_token` of `tokenizer_config.json`); seqio appends it to
   every feature (`Feature(add_eos=True)`).
 * `pad_id` is 0, as everywhere in seqio; 0 is also the first decoder input. Encode never
@@ -34,6 +39,7 @@ from ul2flan.hf_vocab import token_layout
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+START_CONVENTIONS = ("added", "declared")  # see the module docstring
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
@@ -68,6 +74,29 @@ def _token_text(value: Any) -> str | None:
   if isinstance(value, Mapping):
     value = value.get("content")
   return value if isinstance(value, str) and value else None
+
+
+def _leading_special_token(processor: Mapping[str, Any] | None,
+                           tokenizer: tokenizers.Tokenizer) -> int | None:
+  """The special token a `tokenizers` post-processor puts before a single sequence, if any."""
+  if not processor:
+    return None
+  kind = processor.get("type")
+  if kind == "Sequence":
+    for inner in processor.get("processors", []):
+      if (token := _leading_special_token(inner, tokenizer)) is not None:
+        return token
+    return None
+  if kind in ("BertProcessing", "RobertaProcessing"):
+    return int(processor["cls"][1])
+  if kind == "TemplateProcessing":
+    single = processor.get("single") or []
+    first = single[0] if single else {}
+    if "SpecialToken" in first:
+      name = first["SpecialToken"]["id"]
+      ids = processor.get("special_tokens", {}).get(name, {}).get("ids")
+      return int(ids[0]) if ids else tokenizer.token_to_id(name)
+  return None
 
 
 class TokenizerFiles:
@@ -107,14 +136,29 @@ class TokenizerFiles:
                        f"{self.tokenizer_path}; fix {key} or the tokenizer")
     return token
 
+  def added_start_token(self) -> int | None:
+    """The id the tokenizer puts before every text (its BOS), or None if it adds none.
+
+    `add_bos_token` in tokenizer_config.json decides when it is a bool (transformers rebuilds the
+    post-processor from it); otherwise the post-processor's template for one sequence does.
+    """
+    flag = self.config.get("add_bos_token")
+    if isinstance(flag, bool):
+      return self.token_id("bos_token") if flag else None
+    processor = json.loads(self.tokenizer.to_str()).get("post_processor")
+    return _leading_special_token(processor, self.tokenizer)
+
   def chat_template(self) -> chat_lib.ChatTemplate | None:
     if self.chat_template_source is None:
       return None
     return chat_lib.ChatTemplate(self.chat_template_source, self.special_tokens,
                                  self.chat_template_origin)
 
-  def ids(self) -> token_layout.TokenizerIds:
-    """The facts `token_layout.plan_layout` needs."""
+  def ids(self, start: str = "added") -> token_layout.TokenizerIds:
+    """The facts `token_layout.plan_layout` needs; `start` (see the module docstring) says which
+    token starts a row."""
+    if start not in START_CONVENTIONS:
+      raise ValueError(f"start must be one of {START_CONVENTIONS}, got {start!r}")
     eos = self.token_id("eos_token")
     if eos is None:
       where = (f"{self.config_path} has no eos_token" if self.config
@@ -126,21 +170,24 @@ class TokenizerFiles:
     if self.chat_template_source:  # the markers a chat template writes have a job too
       roles |= {i for i, text in added.items() if text in self.chat_template_source}
     size = max([self.tokenizer.get_vocab_size(with_added_tokens=True), *(i + 1 for i in added)])
+    bos = self.added_start_token() if start == "added" else self.token_id("bos_token")
     return token_layout.TokenizerIds(
-        origin=self.tokenizer_path, size=size, eos=eos, bos=self.token_id("bos_token"),
-        role_ids=frozenset(roles), added=added)
+        origin=self.tokenizer_path, size=size, eos=eos, bos=bos,
+        role_ids=frozenset(roles), added=added, hidden_start=start == "added" and bos is None)
 
 
 class HfVocabulary(seqio.Vocabulary):
   """seqio vocabulary over a `tokenizer.json` (see the module docstring for the conventions)."""
 
-  def __init__(self, path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy()):
+  def __init__(self, path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy(),
+               start: str = "added"):
     super().__init__(extra_ids=0)
     self.path = path
     self.policy = policy
+    self.start = start
     self.files = TokenizerFiles(path)
     self.tokenizer = self.files.tokenizer
-    self.tokenizer_ids = self.files.ids()
+    self.tokenizer_ids = self.files.ids(start)
     self.layout = token_layout.plan_layout(self.tokenizer_ids, policy)
     self.chat_template = self.files.chat_template()
     self._to_model = self.layout.tokenizer_to_model()
@@ -153,7 +200,12 @@ class HfVocabulary(seqio.Vocabulary):
 
   @property
   def bos_id(self) -> int:
-    return 0  # the decoder's start; its row is the BOS row (or a copy of EOS)
+    return 0  # the decoder's start slot; its row is the BOS row, or hidden (`adds_start_token`)
+
+  @property
+  def adds_start_token(self) -> bool:
+    """Whether the model was pre-trained with a token in the start slot (`row_layout`)."""
+    return not self.tokenizer_ids.hidden_start
 
   @property
   def eos_id(self) -> int:
@@ -241,10 +293,11 @@ class HfVocabulary(seqio.Vocabulary):
 
   def __eq__(self, other) -> bool:
     return (isinstance(other, HfVocabulary) and self.files.tokenizer_path ==
-            other.files.tokenizer_path and self.policy == other.policy)
+            other.files.tokenizer_path and self.policy == other.policy
+            and self.start == other.start)
 
   def __hash__(self) -> int:
-    return hash((self.files.tokenizer_path, self.policy))
+    return hash((self.files.tokenizer_path, self.policy, self.start))
 
   def __repr__(self) -> str:
     return (f"HfVocabulary({self.files.tokenizer_path!r}, {self.policy.kind}, "
@@ -252,7 +305,7 @@ class HfVocabulary(seqio.Vocabulary):
 
 
 @functools.lru_cache(maxsize=None)
-def hf_vocabulary(path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy()
-                  ) -> HfVocabulary:
+def hf_vocabulary(path: str, policy: token_layout.SentinelPolicy = token_layout.SentinelPolicy(),
+                  start: str = "added") -> HfVocabulary:
   """The vocabulary of the tokenizer at `path` (a directory or its tokenizer.json), cached."""
-  return HfVocabulary(path, policy)
+  return HfVocabulary(path, policy, start)

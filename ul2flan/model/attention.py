@@ -38,14 +38,15 @@ _SCORE_ALGORITHMS = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF
 def attention_mask(query_positions: Array, key_positions: Array,
                    query_segments: Array, key_segments: Array,
                    query_prefix: Array | None, key_prefix: Array | None,
-                   window: int | None = None) -> Array:
+                   window: int | None = None, hide_start: bool = False) -> Array:
   """Boolean [batch, 1, q_len, k_len] mask: causal, or bidirectional within the prefix.
 
   A key is visible when it is in the query's segment (segment 0 is padding and sees nothing) and
   either precedes the query or both lie in the prefix. Positions restart at 0 in each packed
   segment, so comparing positions within a segment is the causal order. With a `window`, a key
   must also be less than `window` positions away (before the query, or after it inside a
-  bidirectional prefix).
+  bidirectional prefix). With `hide_start` (a model pre-trained without a BOS,
+  `ul2flan.row_layout`), a segment's start slot (position 0) is visible to itself only.
   """
   same_segment = (query_segments[:, :, None] == key_segments[:, None, :]) & (
       key_segments[:, None, :] > 0)
@@ -57,6 +58,8 @@ def attention_mask(query_positions: Array, key_positions: Array,
   if window is not None:
     distance = query_positions[:, :, None] - key_positions[:, None, :]
     visible = visible & (distance < window) & (-distance < window)
+  if hide_start:
+    visible = visible & ((key_positions[:, None, :] > 0) | (query_positions[:, :, None] == 0))
   return (same_segment & visible)[:, None, :, :]
 
 
@@ -123,9 +126,12 @@ class AttentionMasks:
 
 def build_masks(cfg: DecoderConfig, impl: str, *, query_positions: Array, key_positions: Array,
                 query_segments: Array, key_segments: Array, query_prefix: Array | None,
-                key_prefix: Array | None, cached: bool, plain_causal: bool) -> AttentionMasks:
+                key_prefix: Array | None, cached: bool, plain_causal: bool,
+                hide_start: bool = False) -> AttentionMasks:
   """The masks of one forward pass. `plain_causal`: no segments, positions or prefix were given
-  and there is no cache, so the fused core needs only `is_causal`."""
+  and there is no cache, so the fused core needs only `is_causal`. `hide_start`: see
+  `attention_mask` (it needs a mask array, so the fused core no longer gets by with a flag)."""
+  plain_causal = plain_causal and not hide_start
   flags = cfg.window_layers
   any_local, any_global = any(flags), not all(flags)
   traced_flags = cfg.scan_layers and cfg.window_varies_by_layer
@@ -135,7 +141,7 @@ def build_masks(cfg: DecoderConfig, impl: str, *, query_positions: Array, key_po
 
   def build(window):
     mask = attention_mask(query_positions, key_positions, query_segments, key_segments,
-                          query_prefix, key_prefix, window)
+                          query_prefix, key_prefix, window, hide_start)
     return mask if fused else jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
 
   need_global = any_global or flag_window is not None or traced_flags

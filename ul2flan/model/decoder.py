@@ -107,13 +107,15 @@ class Decoder(nn.Module):
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = False,
                cache: Mapping[str, Array] | None = None, cache_offsets: Array | None = None,
                key_segment_ids: Array | None = None, key_positions: Array | None = None,
-               key_causal_attention: Array | None = None):
+               key_causal_attention: Array | None = None, hide_start: bool = False):
     """Forward pass.
 
     Training: pass the seqio decoder features; returns logits. Decoding: also pass `cache`
     (stacked over layers: {"key","value"}: [layers, batch, max_len, kv_heads, head_dim]),
     `cache_offsets` (per-row write offset of this chunk) and the key-side segment / position /
-    prefix arrays over the whole cache; returns (logits, new_cache).
+    prefix arrays over the whole cache; returns (logits, new_cache). `hide_start`: the model was
+    pre-trained without a BOS, so each segment's start slot (position 0) is hidden from the other
+    positions (`ul2flan.row_layout`).
     """
     cfg = self.config
     b, length = decoder_input_tokens.shape
@@ -130,7 +132,8 @@ class Decoder(nn.Module):
     masks = build_masks(cfg, impl, query_positions=decoder_positions, key_positions=key_positions,
                         query_segments=decoder_segment_ids, key_segments=key_segment_ids,
                         query_prefix=decoder_causal_attention, key_prefix=key_causal_attention,
-                        cached=cache is not None, plain_causal=plain_causal)
+                        cached=cache is not None, plain_causal=plain_causal,
+                        hide_start=hide_start)
 
     deterministic = not enable_dropout
     x = self.embedding.astype(cfg.compute_dtype)[decoder_input_tokens]

@@ -25,65 +25,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ul2flan import row_layout
 from ul2flan.training import iterator_state
 
 logger = logging.getLogger(__name__)
-
-
-class PrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
-  """seqio's prefix LM (inputs + targets concatenated, then packed), checked per decoder row.
-
-  `task_feature_lengths` {"inputs": I, "targets": T} means rows of I + T tokens. seqio's check
-  wants each feature within its own length; here an example passes when its inputs and targets
-  together fit the row, as UL2 examples sized with `fill_rows` do (an R example at 1024 + 1024
-  has ~1680 inputs and ~370 targets tokens). An example longer than the row is an error, never
-  silently cut.
-  """
-
-  def __init__(self, *args, **kwargs):
-    kwargs["apply_length_check"] = False  # seqio's per-feature check; the row is checked below
-    super().__init__(*args, **kwargs)
-
-  def _convert_features(self, ds, task_feature_lengths):
-    row = sum(task_feature_lengths.values())
-
-    def check_row(ex):
-      length = tf.size(ex["inputs"]) + tf.size(ex["targets"])
-      fits = tf.debugging.assert_less_equal(
-          length, row, message=f"an example's inputs + targets exceed the {row}-token row of "
-                               f"task_feature_lengths {dict(task_feature_lengths)}")
-      with tf.control_dependencies([fits]):
-        return {k: tf.identity(v) for k, v in ex.items()}
-
-    ds = ds.map(check_row, num_parallel_calls=tf.data.AUTOTUNE)
-    return super()._convert_features(ds, task_feature_lengths)
-
-
-class CausalPrefixLMFeatureConverter(PrefixLMFeatureConverter):
-  """PrefixLM layout (inputs + targets concatenated, loss on targets only) with causal attention.
-
-  For instruction-tuning a model that stays a causal LM (Flan-PaLM from PaLM, as opposed to
-  Flan-U-PaLM, which keeps UL2R's bidirectional prefix).
-  """
-  MODEL_FEATURES = {k: v for k, v in seqio.PrefixLMFeatureConverter.MODEL_FEATURES.items()
-                    if k != "decoder_causal_attention"}
-
-  def _convert_features(self, ds, task_feature_lengths):
-    ds = super()._convert_features(ds, task_feature_lengths)
-    return ds.map(lambda ex: {k: v for k, v in ex.items() if k != "decoder_causal_attention"},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-
-  def get_model_feature_lengths(self, task_feature_lengths):
-    lengths = super().get_model_feature_lengths(task_feature_lengths)
-    lengths.pop("decoder_causal_attention", None)
-    return lengths
-
-
-FEATURE_CONVERTERS = {
-    "lm": seqio.DecoderFeatureConverter,  # causal LM on `targets`
-    "prefix_lm": PrefixLMFeatureConverter,  # inputs bidirectional, loss on targets
-    "prefix_lm_causal": CausalPrefixLMFeatureConverter,  # same layout, causal attention
-}
 
 
 @gin.configurable
@@ -97,7 +42,7 @@ class DatasetConfig:
   shuffle: bool = True
   seed: int = 0
   pack: bool = True
-  feature_converter: str = "lm"  # "lm" (causal) or "prefix_lm" (inputs bidirectional)
+  feature_converter: str = "lm"  # a `row_layout` kind: "lm", "prefix_lm", "prefix_lm_causal"
   use_cached: bool = False
   module: str | None = None  # imported before the task is looked up (MIXTURE_OR_TASK_MODULE)
   num_data_shards: int | None = None  # default: one per process
@@ -135,9 +80,9 @@ def get_task(name: str, module: str | None = None):
 
 def _shard_dataset(cfg: DatasetConfig, shard_index: int, num_shards: int) -> tf.data.Dataset:
   get_task(cfg.mixture_or_task_name, cfg.module)  # registers it, or says what is registered
-  converter_cls = FEATURE_CONVERTERS.get(cfg.feature_converter)
+  converter_cls = row_layout.FEATURE_CONVERTERS.get(cfg.feature_converter)
   if converter_cls is None:
-    raise ValueError(f"feature_converter must be one of {sorted(FEATURE_CONVERTERS)}, "
+    raise ValueError(f"feature_converter must be one of {list(row_layout.KINDS)}, "
                      f"got {cfg.feature_converter!r}")
   if cfg.batch_size % num_shards:
     raise ValueError(f"batch size {cfg.batch_size} is not divisible by {num_shards} data shards")

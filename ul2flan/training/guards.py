@@ -10,7 +10,8 @@
   `Diverged` naming the first bad step; `skip` (the step dropped the update) stops after
   `max_consecutive_skips` bad steps in a row.
 
-`RunStopped.exit_code` is the process exit status the CLI returns (distinct for each cause).
+`PreemptionHook` is the between-steps hook that acts on the watcher. `RunStopped.exit_code` is the
+process exit status the CLI returns (distinct for each cause).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jax.experimental import multihost_utils
 logger = logging.getLogger(__name__)
 
 EXIT_DIVERGED = 3
+EXIT_TEXT_LOSS_ROSE = 4  # the held-out text guard (`evaluator.TextGuard`)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", i.e. re-run the same command
 POLICIES = ("stop", "skip")
 
@@ -93,9 +95,9 @@ class DivergenceGuard:
   def __init__(self, policy: str, max_consecutive_skips: int,
                last_checkpoint: Callable[[], str]):
     if policy not in POLICIES:
-      raise ValueError(f"train.on_nonfinite must be one of {POLICIES}, got {policy!r}")
+      raise ValueError(f"TrainConfig.on_nonfinite must be one of {POLICIES}, got {policy!r}")
     if max_consecutive_skips < 1:
-      raise ValueError(f"train.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
+      raise ValueError(f"TrainConfig.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
     self.policy = policy
     self.max_consecutive_skips = max_consecutive_skips
     self.last_checkpoint = last_checkpoint
@@ -121,14 +123,14 @@ class DivergenceGuard:
       what = f"loss={float(m['loss']):.4g}, grad_norm={float(m['grad_norm']):.4g}"
       if self.policy == "stop":
         raise Diverged(self._message(f"step {step} is not finite ({what})",
-                                     "or set --gin.train.on_nonfinite=\"'skip'\" to drop such "
+                                     "or set --gin.TrainConfig.on_nonfinite=\"'skip'\" to drop such "
                                      "updates"))
       logger.warning("step %d is not finite (%s): update skipped (%d in a row)", step, what,
                      self.skips_in_a_row)
       if self.skips_in_a_row >= self.max_consecutive_skips:
         raise Diverged(self._message(
             f"{self.skips_in_a_row} steps in a row up to step {step} were not finite ({what})",
-            "or raise train.max_consecutive_skips"))
+            "or raise TrainConfig.max_consecutive_skips"))
 
   def _message(self, what: str, alternative: str) -> str:
     return (f"training diverged: {what}. No non-finite state was saved; the last good checkpoint "
@@ -140,3 +142,23 @@ class DivergenceGuard:
     if not all_finite:
       raise Diverged(self._message(f"the parameters or optimizer state after step {step} are not "
                                    f"finite although its loss was", "or clip gradients harder"))
+
+
+class PreemptionHook:
+  """On SIGTERM / SIGINT: logs and saves the step, waits for the commit, raises `Preempted`."""
+
+  def __init__(self, watcher: PreemptionWatcher, *, flush_logs: Callable, save: Callable,
+               wait: Callable[[], None], checkpoint_dir: str):
+    self.watcher, self.flush_logs, self.save, self.wait = watcher, flush_logs, save, wait
+    self.checkpoint_dir = checkpoint_dir
+
+  def __call__(self, info) -> None:
+    if info.last or not self.watcher.requested(info.step):
+      return
+    self.flush_logs(info)
+    self.save(info)
+    self.wait()
+    raise Preempted(
+        f"stopped by {self.watcher.signal_name} after step {info.step}; checkpoint "
+        f"{self.checkpoint_dir}/{info.step} is committed. Re-run the same command to resume "
+        f"from step {info.step}.")

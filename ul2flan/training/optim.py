@@ -12,8 +12,12 @@ from ul2flan.checks import check_int, check_number
 @gin.configurable(denylist=["total_steps"])  # train() passes its own TRAIN_STEPS
 def make_schedule(kind: str = "rsqrt", base_learning_rate: float = 1e-2, warmup_steps: int = 100,
                   total_steps: int | None = None, end_learning_rate: float = 0.0,
-                  decay_steps: int | None = None, linear_warmup: bool = False) -> optax.Schedule:
+                  decay_steps: int | None = None, linear_warmup: bool = False,
+                  warmup_fraction: float | None = None) -> optax.Schedule:
   """"rsqrt" (PaLM), "cosine" (U-PaLM's UL2R stage), or "constant" (Flan).
+
+  `warmup_fraction` (of the run's total steps, rounded up) replaces `warmup_steps` when set, so a
+  preset's warm-up scales with TRAIN_STEPS (the Hugging Face pipelines warm up over 5%).
 
   `base_learning_rate` is always the peak. "rsqrt" holds it for `warmup_steps` (optionally ramping
   up linearly) and then decays as 1/sqrt(step); "constant" may ramp up linearly; "cosine" warms up
@@ -21,6 +25,9 @@ def make_schedule(kind: str = "rsqrt", base_learning_rate: float = 1e-2, warmup_
   (default: the run's total steps).
   """
   check_number(base_learning_rate, "make_schedule.base_learning_rate (LEARNING_RATE)", 0.0)
+  if warmup_fraction is not None:
+    check_number(warmup_fraction, "make_schedule.warmup_fraction", 0.0, 1.0)
+    warmup_steps = int(-(-warmup_fraction * (total_steps or 0) // 1))
   check_int(warmup_steps, "make_schedule.warmup_steps", minimum=0)
   if kind == "constant":
     if warmup_steps:

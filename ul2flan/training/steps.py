@@ -34,7 +34,8 @@ class StepBuilder:
 
   def __init__(self, model_config: DecoderConfig, partitioner: partitioning.Partitioner,
                tx: optax.GradientTransformation, schedule: optax.Schedule, *, seed: int,
-               z_loss: float, num_microbatches: int, skip_nonfinite: bool = False):
+               z_loss: float, num_microbatches: int, skip_nonfinite: bool = False,
+               hide_start: bool = False):
     self.config = model_config
     self.model = decoder_lib.Decoder(model_config)
     self.partitioner = partitioner
@@ -46,6 +47,9 @@ class StepBuilder:
     # A step whose loss or gradient norm is not finite keeps the previous params and optimizer
     # state (the update is dropped); otherwise it is applied and the caller stops the run.
     self.skip_nonfinite = skip_nonfinite
+    # A model pre-trained without a BOS (`row_layout.RowLayout.hidden_start`): each segment's
+    # start slot is hidden from attention and nothing is predicted from it.
+    self.hide_start = hide_start
     self._all_finite = None
 
     self.abstract_params = decoder_lib.abstract_params(model_config, partitioner)
@@ -78,11 +82,21 @@ class StepBuilder:
     return TrainState(step=step, params=params, opt_state=opt_state)
 
   # ---- steps ----------------------------------------------------------------------------------
+  def _loss_weights(self, batch):
+    weights = batch["decoder_loss_weights"]
+    if not self.hide_start:
+      return weights
+    positions = batch.get("decoder_positions")
+    if positions is None:  # unpacked rows: one segment each, starting at index 0
+      positions = jnp.broadcast_to(jnp.arange(weights.shape[1]), weights.shape)
+    return jnp.where(positions == 0, jnp.zeros_like(weights), weights)
+
   def _loss_sums(self, params, batch, rng, enable_dropout: bool):
     logits = self.model.apply({"params": params}, **decoder_lib.model_inputs(batch),
-                              enable_dropout=enable_dropout, rngs={"dropout": rng})
+                              enable_dropout=enable_dropout, hide_start=self.hide_start,
+                              rngs={"dropout": rng})
     return cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
-                                     batch["decoder_loss_weights"], self.z_loss)
+                                     self._loss_weights(batch), self.z_loss)
 
   def _gradients(self, params, batch, rng, total_weight):
     """Summed gradients and (nll, z, correct) sums, over `num_microbatches` microbatches."""
@@ -116,7 +130,7 @@ class StepBuilder:
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
-    total_weight = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+    total_weight = jnp.maximum(jnp.sum(self._loss_weights(batch).astype(jnp.float32)), 1.0)
     grads, (nll, z, correct) = self._gradients(state.params, batch, rng, total_weight)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -148,7 +162,7 @@ class StepBuilder:
   def eval_step(self, params, batch) -> dict:
     nll, z, correct = self._loss_sums(params, batch, jax.random.key(0), False)
     return {"nll": nll, "z": z, "correct": correct,
-            "weight": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))}
+            "weight": jnp.sum(self._loss_weights(batch).astype(jnp.float32))}
 
   def batch_shardings(self, batch_spec: dict) -> dict:
     return {k: self.partitioner.batch_sharding(len(shape)) for k, shape in batch_spec.items()}

@@ -11,8 +11,10 @@ Source kinds (each yields examples with one string field, "text" unless said oth
 - Named sources registered by other packages (`register_named_source`): the demo registers its
   generated corpus as "demo" (`ul2flan.demo.corpus`), so this module never imports the demo.
 
-File patterns are globs; `{split}` in a pattern is replaced by the split name, otherwise the
-pattern is the "train" split. Files are checked when a dataset is built (not when the source is
+File patterns are globs; `{split}` in a pattern is replaced by the split name. A pattern without
+`{split}` is the "train" split, and a "validation" split is held out of it: the documents whose
+text hashes to 0 modulo `holdout_every` (default 100, so ~1%; `ul2flan.holdout`), which
+"train" then leaves out. The slice is the same on every run and host. Files are checked when a dataset is built (not when the source is
 defined): a pattern that matches nothing, an empty file, or a first record without the text field
 raises an error that names the file. Later malformed JSONL lines raise errors naming file and line.
 
@@ -33,9 +35,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ul2flan import holdout
 
 DEFAULT_SPLITS = ("train", "validation")
 TEXT_KEY = "text"
+HOLDOUT_EVERY = holdout.DEFAULT_EVERY  # no validation pattern: ~1% of train is held out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,10 +56,15 @@ def split_patterns(pattern: str | Mapping[str, str],
 
 
 class _CheckedFileSource(seqio.FileDataSource):
-  """A FileDataSource that checks the files it is about to read and names any bad one."""
+  """A FileDataSource that checks the files it is about to read and names any bad one; with
+  only a train pattern, it holds a validation slice out of train (see the module docstring)."""
 
   def __init__(self, kind: str, read_file_fn, split_to_filepattern: Mapping[str, str],
-               check_file_fn=None):
+               check_file_fn=None, holdout_every: int | None = HOLDOUT_EVERY):
+    self.holdout_every = None
+    if set(split_to_filepattern) == {"train"} and holdout_every:
+      self.holdout_every = int(holdout_every)
+      split_to_filepattern = {**split_to_filepattern, "validation": split_to_filepattern["train"]}
     super().__init__(read_file_fn=read_file_fn, split_to_filepattern=split_to_filepattern)
     self._kind = kind
     self._check_file = check_file_fn
@@ -81,8 +90,11 @@ class _CheckedFileSource(seqio.FileDataSource):
         raise ValueError(f"{self._kind} source: file {path} is empty")
       if self._check_file:
         self._check_file(path)
-    return super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
-                               **kwargs)
+    ds = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                             **kwargs)
+    if self.holdout_every:
+      ds = holdout.keep_split(ds, split, self.holdout_every, lambda ex: ex[TEXT_KEY])
+    return ds
 
 
 def _read_lines(path: tf.Tensor) -> tf.data.Dataset:
@@ -96,12 +108,14 @@ def _read_whole_file(path: tf.Tensor) -> tf.data.Dataset:
 
 
 @gin.configurable
-def text_files_source(pattern: str | Mapping[str, str], per: str = "line") -> seqio.DataSource:
+def text_files_source(pattern: str | Mapping[str, str], per: str = "line",
+                      holdout_every: int | None = HOLDOUT_EVERY) -> seqio.DataSource:
   """Plain text: one document per non-blank line (`per="line"`) or per file (`per="file"`)."""
   readers = {"line": _read_lines, "file": _read_whole_file}
   if per not in readers:
     raise ValueError(f"text_files_source: per must be 'line' or 'file', got {per!r}")
-  return _CheckedFileSource(f"text ({per} per document)", readers[per], split_patterns(pattern))
+  return _CheckedFileSource(f"text ({per} per document)", readers[per], split_patterns(pattern),
+                            holdout_every=holdout_every)
 
 
 def _jsonl_text(line: str, text_field: str, where: str) -> str:
@@ -146,19 +160,20 @@ def _read_jsonl(path: tf.Tensor, text_field: str) -> tf.data.Dataset:
 
 
 @gin.configurable
-def jsonl_source(pattern: str | Mapping[str, str], text_field: str = "text") -> seqio.DataSource:
+def jsonl_source(pattern: str | Mapping[str, str], text_field: str = "text",
+                 holdout_every: int | None = HOLDOUT_EVERY) -> seqio.DataSource:
   """JSON Lines: one JSON object per line; the document is `record[text_field]`."""
 
   def check_first_record(path: str) -> None:
     next(_jsonl_documents(path, text_field), None)
 
   return _CheckedFileSource("jsonl", functools.partial(_read_jsonl, text_field=text_field),
-                            split_patterns(pattern), check_first_record)
+                            split_patterns(pattern), check_first_record, holdout_every)
 
 
 @gin.configurable
-def tfrecord_source(pattern: str | Mapping[str, str],
-                    text_feature: str = "text") -> seqio.DataSource:
+def tfrecord_source(pattern: str | Mapping[str, str], text_feature: str = "text",
+                    holdout_every: int | None = HOLDOUT_EVERY) -> seqio.DataSource:
   """TFRecord files of tf.train.Example with a bytes feature `text_feature`."""
   description = {text_feature: tf.io.FixedLenFeature([], tf.string)}
 
@@ -185,7 +200,8 @@ def tfrecord_source(pattern: str | Mapping[str, str],
       raise ValueError(f"tfrecord source: {path} has no bytes feature {text_feature!r} (features: "
                        f"{sorted(example.features.feature)}); set text_feature")
 
-  return _CheckedFileSource("tfrecord", read, split_patterns(pattern), check_first_record)
+  return _CheckedFileSource("tfrecord", read, split_patterns(pattern), check_first_record,
+                            holdout_every)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,6 +125,21 @@ def ul2_corpus_task(corpus: str = gin.REQUIRED, name: str = "ul2r_corpus",
   return name
 
 
+@gin.configurable
+def text_lm_task(corpus: str = gin.REQUIRED, name: str = "text_lm_corpus",
+                 text_key: str = corpus_sources.TEXT_KEY) -> str:
+  """Gin entry point: a causal LM task (`targets` = the document, EOS appended) over a corpus
+  spec; returns its name. The pipelines score held-out text with it (`EvalConfig.
+  text_dataset_cfg`, on the corpus's validation split)."""
+  registration.add_task(
+      name, replace=True, source=corpus_sources.source_from_spec(corpus),
+      preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+                     seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={"targets": seqio.Feature(vocabularies.configured(), add_eos=True)},
+      metric_fns=[])
+  return name
+
+
 def task_mixture(task_name: str) -> denoisers.DenoiserMixture | None:
   """The denoiser mixture of a UL2 task registered here (None for any other task)."""
   mixture_fn = _TASK_MIXTURES.get(task_name)

@@ -1,0 +1,102 @@
+"""The pipeline evaluator "benchmarks": the Flan benchmarks found in a data dir, on every model.
+
+Every benchmark (MMLU, BBH, TyDiQA GoldP, MGSM) whose files are under
+`evaluation_settings.benchmarks_data_dir` is scored in its Flan-protocol modes (or those of
+`benchmark_modes`), each subtask capped at `benchmark_max_examples` examples so that a small
+model's four evaluations take minutes (raise the cap for full numbers), prompts fitted to the
+model's trained length as `ul2flan eval` fits them. `evaluation_settings.benchmarks` picks some
+benchmarks; then a missing one is an error instead of being skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ul2flan import paths
+from ul2flan.evaluation import common
+from ul2flan.evaluation import harness
+from ul2flan.evaluation import scoring
+from ul2flan.evaluation import suite
+from ul2flan.pipeline import evaluators
+from ul2flan.pipeline.report import LABELS
+
+
+def available_tasks(settings) -> list[common.EvalTask]:
+  """The benchmark tasks to run: those asked for, else every one whose data is present."""
+  if not settings.benchmarks_data_dir:
+    raise ValueError("evaluation_settings.benchmarks_data_dir is not set: point it at the "
+                     "benchmark files (layout: docs/evaluation.md; ../shared/data/eval has a "
+                     "sample)")
+  if not paths.resolve(settings.benchmarks_data_dir).is_dir():
+    raise ValueError(f"evaluation_settings.benchmarks_data_dir {settings.benchmarks_data_dir!r} "
+                     f"is not a directory")
+  tasks = []
+  for name in settings.benchmarks or suite.BENCHMARKS:
+    modes = [m for m in suite.PROTOCOL_MODES[name]
+             if settings.benchmark_modes in ("both", m)] if name in suite.PROTOCOL_MODES else []
+    for mode in modes:
+      try:
+        tasks += suite.build_tasks(settings.benchmarks_data_dir, benchmark=name, mode=mode)
+      except common.EvalDataError:
+        if settings.benchmarks:  # asked for by name: say why it cannot run
+          raise
+  if not tasks:
+    raise ValueError(f"no benchmark data found under {settings.benchmarks_data_dir} (looked for "
+                     f"{', '.join(settings.benchmarks or suite.BENCHMARKS)}; layout: "
+                     f"docs/evaluation.md)")
+  return tasks
+
+
+class BenchmarkEvaluator:
+  """MMLU / BBH / TyDiQA / MGSM, capped per subtask, with the Flan normalized average."""
+  name = "benchmarks"
+  headline = (("benchmark_normalized_average", "Flan benchmarks, normalized average"),)
+
+  def check(self, settings) -> None:
+    available_tasks(settings)
+
+  def evaluate(self, gen, request) -> dict:
+    settings = request.settings
+    tasks = available_tasks(settings)
+    config = harness.fitted_to(harness.HarnessConfig(
+        batch_size=settings.batch_size, max_examples_per_subtask=settings.benchmark_max_examples,
+        output_dir=paths.join(request.out_dir, f"{request.model}.benchmarks"),
+        chat_template=settings.chat_template), gen)
+    summary = harness.run_suite(gen, tasks, config)
+    normalized = {name: task["normalized_score"] for name, task in summary["tasks"].items()}
+    metrics = {f"benchmark_{name}": task["score"] for name, task in summary["tasks"].items()}
+    metrics.update({f"benchmark_{name}_normalized": v for name, v in normalized.items()})
+    # The mean of what ran (the paper's six when all are present: normalized_average).
+    metrics["benchmark_normalized_average"] = (sum(normalized.values()) / len(normalized)
+                                               if normalized else 0.0)
+    return {"metrics": metrics, "benchmarks": summary}
+
+  def report_lines(self, results_by_seed: Mapping, summary: Mapping) -> list[str]:
+    rows = []
+    for seed in sorted(results_by_seed):
+      for model in [m for m in LABELS if m in results_by_seed[seed]]:
+        bench = results_by_seed[seed][model]["evaluators"].get(self.name, {}).get("benchmarks")
+        if not bench:
+          continue
+        for name, task in bench["tasks"].items():
+          rows.append(f"| {LABELS[model]} | {seed} | {name} | {task['score']:.1f} | "
+                      f"{task['chance']:.1f} | {task['normalized_score']:.1f} | "
+                      f"{task['num_examples']} |")
+        missing = [t for t in scoring.FLAN_NORMALIZED_AVERAGE_TASKS if t not in bench["tasks"]]
+        if not missing:
+          average = scoring.normalized_average({n: t["normalized_score"]
+                                                for n, t in bench["tasks"].items()})
+          rows.append(f"| {LABELS[model]} | {seed} | **Flan normalized average (six)** | | | "
+                      f"{average:.1f} | |")
+    if not rows:
+      return []
+    return ["## Flan benchmarks", "",
+            "Capped subsets (`evaluation_settings.benchmark_max_examples` per subtask), prompts "
+            "fitted to the model's trained length; normalized = 100 (score - chance) / (100 - "
+            "chance). The main table's average is over the tasks that ran; the paper's average "
+            "of six needs all of MMLU direct/CoT, BBH direct/CoT, TyDiQA and MGSM.", "",
+            "| model | seed | task | score | chance | normalized | n |",
+            "|---|---|---|---|---|---|---|"] + rows
+
+
+evaluators.register(BenchmarkEvaluator())
