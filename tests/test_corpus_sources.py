@@ -136,9 +136,24 @@ def test_pattern_matching_nothing(tmp_path):
 
 def test_missing_split(tmp_path):
   write(tmp_path / "a.txt", "x\n")
-  source = corpus_sources.text_files_source(str(tmp_path / "a.txt"))
+  source = corpus_sources.text_files_source(str(tmp_path / "a.txt"), holdout_every=None)
   with pytest.raises(ValueError, match="no split 'validation'.*{split}"):
     texts(source, "validation")
+
+
+def test_train_only_corpus_holds_out_a_hashed_validation_slice(tmp_path):
+  """Without a {split} pattern, validation is the documents whose FarmHash fingerprint
+  (`tf.strings.to_hash_bucket_fast`, TF's documented function) is 0 mod 100; train is the rest,
+  the same on every read whatever the file order."""
+  docs = [f"document number {i} about {i % 7} things" for i in range(3000)]
+  write(tmp_path / "a.txt", "\n".join(docs[:1500]) + "\n")
+  write(tmp_path / "b.txt", "\n".join(docs[1500:]) + "\n")
+  source = corpus_sources.text_files_source(str(tmp_path / "*.txt"))
+  expected = {d for d in docs if int(tf.strings.to_hash_bucket_fast(d, 100)) == 0}
+  validation, train = texts(source, "validation"), texts(source, "train")
+  assert set(validation) == expected and 10 <= len(validation) <= 60  # ~1% of 3000
+  assert sorted(validation + train) == sorted(docs)
+  assert texts(source, "validation") == validation
 
 
 @pytest.mark.parametrize("make_source", [

@@ -9,9 +9,10 @@ import pytest
 from ul2flan import vocabularies
 from ul2flan.demo import evaluate
 from ul2flan.demo import probes
-from ul2flan.demo import report
 from ul2flan.demo import world
 from ul2flan.evaluation import harness
+from ul2flan.pipeline import benchmark_eval
+from ul2flan.pipeline import report as pipeline_report
 
 VOCAB = vocabularies.get_vocabulary()
 EOS = vocabularies.EOS_ID
@@ -222,7 +223,8 @@ def _result(gen, infill, knowledge=50.0):
                       "infilling_context_accuracy": infill, "infilling_fact_accuracy": 0.0,
                       "knowledge_corpus_accuracy": knowledge,
                       "knowledge_heldout_accuracy": knowledge - 10},
-          "tasks": {"demo_heldout_a": {"accuracy": 1.0, "rank_accuracy": 2.0, "chance": 25}}}
+          "evaluators": {"demo": {"tasks": {"demo_heldout_a": {
+              "accuracy": 1.0, "rank_accuracy": 2.0, "chance": 25}}}}}
 
 
 def test_report_json_over_seeds_has_mean_min_max(tmp_path):
@@ -234,8 +236,7 @@ def test_report_json_over_seeds_has_mean_min_max(tmp_path):
       2: {"base": _result(0.0, 10.0), "ul2r": _result(2.0, 55.0), "flan_base": _result(28.0, 0.0),
           "flan_ul2r": _result(25.0, 60.0)},
   }
-  settings = {"heldout_split": "test", "heldout_shots": 0}
-  report.write_seeds_report(str(tmp_path), by_seed, settings)
+  pipeline_report.write_report(str(tmp_path), by_seed, [evaluate.DemoEvaluator()])
   data = json.loads((tmp_path / "report.json").read_text())
   assert data["seeds"] == [0, 1, 2]
   assert list(data["models"]) == ["base", "ul2r", "flan_base", "flan_ul2r"]
@@ -254,23 +255,30 @@ def test_report_json_over_seeds_has_mean_min_max(tmp_path):
 
 def test_single_seed_report_json_is_metrics_by_name(tmp_path):
   results = {"base": _result(2.0, 0.0), "flan_base": _result(30.0, 0.0)}
-  report.write_report(str(tmp_path), {}, results, {"heldout_split": "test", "heldout_shots": 0})
+  pipeline_report.write_report(str(tmp_path), {0: results}, [evaluate.DemoEvaluator()])
   data = json.loads((tmp_path / "report.json").read_text())
   assert data == {"seeds": [0], "models": {m: results[m]["metrics"] for m in results}}
 
 
-def test_benchmark_section_is_a_table_with_the_normalized_average():
+def test_benchmark_section_is_a_table_with_the_paper_average_only_when_all_six_ran():
   def task(mode, score, chance):
     return {"mode": mode, "score": score, "chance": chance,
             "normalized_score": 100 * (score - chance) / (100 - chance), "num_examples": 10}
-  benchmarks = {"mmlu": {"tasks": {"mmlu_direct": task("direct", 40.0, 25.0),
-                                   "mmlu_cot": task("cot", 25.0, 25.0)}},
-                "bbh": {"tasks": {"bbh_direct": task("direct", 30.0, 30.0)}}}
-  lines = report.benchmark_table({0: {"flan_base": {"benchmarks": benchmarks}}})
-  assert lines[0] == "| model | seed | benchmark | mode | score | chance | normalized | n |"
-  assert "| Flan-base | 0 | mmlu | direct | 40.0 | 25.0 | 20.0 | 10 |" in lines
-  assert lines[-1] == ("| Flan-base | 0 | **normalized average** | | | | n/a (missing "
-                       "bbh_cot, tydiqa_direct, mgsm_cot) | |")
+  partial = {"tasks": {"mmlu_direct": task("direct", 40.0, 25.0),
+                       "mmlu_cot": task("cot", 25.0, 25.0), "bbh_direct": task("direct", 30.0, 30.0)}}
+  evaluator = benchmark_eval.BenchmarkEvaluator()
+  lines = evaluator.report_lines({0: {"flan_base": {"evaluators": {"benchmarks": {
+      "benchmarks": partial}}}}}, {})
+  assert "| model | seed | task | score | chance | normalized | n |" in lines
+  assert "| Flan-base | 0 | mmlu_direct | 40.0 | 25.0 | 20.0 | 10 |" in lines
+  assert not any("normalized average" in line for line in lines)  # three of the six are missing
+  # All six: the Flan paper's average of the six normalized scores (20 + 0 + 0 + 50 + 30 + 10) / 6.
+  full = {"tasks": {**partial["tasks"], "bbh_cot": task("cot", 65.0, 30.0),
+                    "tydiqa_direct": task("direct", 30.0, 0.0),
+                    "mgsm_cot": task("cot", 10.0, 0.0)}}
+  lines = evaluator.report_lines({0: {"flan_base": {"evaluators": {"benchmarks": {
+      "benchmarks": full}}}}}, {})
+  assert lines[-1] == "| Flan-base | 0 | **Flan normalized average (six)** | | | 18.3 | |"
 
 
 def test_benchmark_prompts_are_fitted_as_ul2flan_eval_fits_them():
@@ -284,32 +292,33 @@ def test_benchmark_prompts_are_fitted_as_ul2flan_eval_fits_them():
 
 
 def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, monkeypatch):
-  from ul2flan import pipeline  # pylint: disable=g-import-not-at-top
+  from ul2flan.pipeline import runner, settings  # pylint: disable=g-import-not-at-top
   trained, evaluated, reports = [], [], {}
 
-  def fake_stage(spec, model_dir, model_gin, model_bindings=(), optional_macros=()):
-    trained.append((spec.name, model_dir, spec.init_from, tuple(model_bindings)))
-    return f"{model_dir}/{spec.name}"
+  def fake_stage(plan, spec, dirs, seed, model_gin):
+    trained.append((spec.name, dirs[spec.name], dirs.get(spec.init_from), seed))
+    return True
 
-  monkeypatch.setattr(pipeline, "run_stage", fake_stage)
-  monkeypatch.setattr(pipeline.demo_evaluate, "evaluate_model",
-                      lambda name, ckpt, run_dir, settings: evaluated.append((name, run_dir))
-                      or {"metrics": {"x": float(len(evaluated))}, "tasks": {}})
-  monkeypatch.setattr(pipeline.report, "write_report",
-                      lambda run_dir, dirs, results, settings: reports.setdefault(
-                          run_dir, settings["seed"]) and f"{run_dir}/report.md")
-  monkeypatch.setattr(pipeline.report, "write_seeds_report",
-                      lambda model_dir, by_seed, settings: reports.setdefault(
-                          "all", sorted(by_seed)) and str(tmp_path / "r.md"))
+  monkeypatch.setattr(runner, "PipelineConfig", lambda: settings.PipelineConfig(seeds=[3, 5]))
+  monkeypatch.setattr(runner, "EvaluationSettings",
+                      lambda: settings.EvaluationSettings(evaluators=["demo"]))
+  monkeypatch.setattr(runner.preflight, "check", lambda *args: None)
+  monkeypatch.setattr(runner.stages, "run_stage", fake_stage)
+  monkeypatch.setattr(runner.evaluators_lib, "evaluate_model",
+                      lambda name, ckpt, run_dir, settings, evaluators: evaluated.append(
+                          (name, run_dir)) or {"metrics": {"x": float(len(evaluated))}})
+  monkeypatch.setattr(runner.report, "write_report",
+                      lambda run_dir, by_seed, evaluators, dirs=None: reports.setdefault(
+                          run_dir, sorted(by_seed)) and str(tmp_path / "r.md"))
   (tmp_path / "r.md").write_text("report")
-  assert pipeline.run_pipeline(str(tmp_path), seeds=[3, 5]) == 0
+  assert runner.run_pipeline(str(tmp_path)) == 0
   for seed in (3, 5):
     run_dir = str(tmp_path / f"seed_{seed}")
-    stages = [t for t in trained if t[1] == run_dir]
+    stages = [t for t in trained if t[1].startswith(run_dir + "/")]
     assert [s[0] for s in stages] == ["base", "ul2r", "flan_ul2r", "flan_base"]
-    assert all(s[3] == (f"SEED = {seed}",) for s in stages)
+    assert all(s[3] == seed for s in stages)
     assert [s[2] for s in stages[1:]] == [f"{run_dir}/base", f"{run_dir}/ul2r", f"{run_dir}/base"]
     assert [e[0] for e in evaluated if e[1] == run_dir] == ["base", "ul2r", "flan_base",
                                                             "flan_ul2r"]
-    assert reports[run_dir] == seed
-  assert reports["all"] == [3, 5]
+    assert reports[run_dir] == [seed]
+  assert reports[str(tmp_path)] == [3, 5]

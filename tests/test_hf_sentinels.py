@@ -137,10 +137,13 @@ def test_llama_like_rows_follow_their_tokens_and_reserved_rows_get_the_trained_m
   np.testing.assert_array_equal(token_layout.tokenizer_embedding(unchanged, vocab.layout), hf)
 
 
-def test_qwen_like_unused_rows_reinit_and_row_zero_copies_eos(dirs):
+@pytest.mark.parametrize("start", ["added", "declared"])
+def test_qwen_like_unused_rows_reinit_and_row_zero(dirs, start):
+  """Qwen adds no BOS: row 0 (the start slot, hidden from attention) holds the trained rows' mean;
+  under the older rule (`start="declared"`) it was a copy of the EOS row."""
   rows = hf_fixtures.qwen_embedding_size(dirs["qwen"])
   vocab = hf_tokenizer.HfVocabulary(dirs["qwen"], token_layout.SentinelPolicy(
-      "unused_rows", embedding_size=rows))
+      "unused_rows", embedding_size=rows), start)
   tok = tokenizer(dirs["qwen"])
   size = tok.get_vocab_size()
   hf = checkpoint_rows(rows, seed=1)
@@ -150,8 +153,11 @@ def test_qwen_like_unused_rows_reinit_and_row_zero_copies_eos(dirs):
   for text in ("!", "Hello!", "東京 🤖"):
     np.testing.assert_array_equal(model[vocab.encode(text)],
                                   hf[tok.encode(text, add_special_tokens=False).ids])
-  np.testing.assert_array_equal(model[0], hf[tok.token_to_id("<|im_end|>")])  # no BOS: EOS row
   mean = hf[:size].astype(np.float64).mean(axis=0)
+  if start == "declared":
+    np.testing.assert_array_equal(model[0], hf[tok.token_to_id("<|im_end|>")])
+  else:
+    np.testing.assert_allclose(model[0], mean, rtol=1e-6)
   free = vocab.layout.swap[1]  # holds token 0 ("!")
   untrained = [i for i in range(size, rows) if i != free]
   np.testing.assert_allclose(model[untrained], np.tile(mean, (len(untrained), 1)), rtol=1e-6)

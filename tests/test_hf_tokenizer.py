@@ -137,6 +137,43 @@ def test_bos_text_is_dropped_and_its_role_played_by_the_leading_zero(dirs):
   assert tok.encode("Hi").ids[0] == bos and bos not in vocab.encode("Hi")
 
 
+def _declares_bos_it_never_adds(src: str, dst) -> str:
+  """A copy of the Qwen-like tokenizer whose config names `<|im_start|>` as its bos_token while
+  its post-processor adds nothing: how SmolLM2's tokenizer is."""
+  shutil.copytree(src, dst)
+  config_path = os.path.join(dst, "tokenizer_config.json")
+  config = json.load(open(config_path))
+  config["bos_token"] = "<|im_start|>"
+  json.dump(config, open(config_path, "w"))
+  return str(dst)
+
+
+def test_a_declared_bos_the_tokenizer_never_adds_is_ordinary_text(dirs, tmp_path):
+  """Rows start with what the tokenizer adds, not with the bos_token it names: chat markers keep
+  every id `tokenizers` gives them, and the start slot is hidden (the model never saw a BOS)."""
+  path = _declares_bos_it_never_adds(dirs["qwen"], tmp_path / "smol")
+  policy = policy_for("qwen", dirs)
+  vocab = hf_tokenizer.HfVocabulary(path, policy)
+  tok = vocab.tokenizer
+  chat = "<|im_start|>user\nWhat is 17 + 25?<|im_end|>\n<|im_start|>assistant\n"
+  expected = tok.encode(chat, add_special_tokens=False).ids
+  to_model = vocab.layout.tokenizer_to_model()
+  assert vocab.encode(chat) == [int(to_model[i]) for i in expected]
+  assert len(vocab.encode(chat)) == len(expected) and tok.token_to_id("<|im_start|>") in expected
+  assert vocabularies.adds_start_token(vocab) is False
+  # seqio's decode stops at the first EOS (<|im_end|> here): the opener survives the round trip.
+  assert vocab.decode(vocab.encode(chat)) == "<|im_start|>user\nWhat is 17 + 25?"
+  # The older rule put the declared bos_token in the start slot and dropped it from text.
+  legacy = hf_tokenizer.HfVocabulary(path, policy, "declared")
+  assert len(legacy.encode(chat)) == len(expected) - 2 and legacy.adds_start_token
+
+
+def test_a_bos_the_post_processor_adds_fills_the_start_slot(dirs):
+  vocab = hf_tokenizer.HfVocabulary(dirs["llama3"])
+  assert vocab.files.added_start_token() == vocab.tokenizer.encode("Hi").ids[0]
+  assert vocabularies.adds_start_token(vocab) is True
+
+
 def test_truncation_and_padding_saved_in_tokenizer_json_do_not_cut_text(dirs, tmp_path):
   tok = Tokenizer.from_file(os.path.join(dirs["qwen"], "tokenizer.json"))
   tok.enable_truncation(max_length=4)

@@ -163,3 +163,32 @@ def test_bad_config_errors():
     micro_config(num_heads=4, num_kv_heads=3)
   with pytest.raises(ValueError, match="remat_policy"):
     micro_config(remat_policy="sometimes")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_hidden_start_slot_computes_the_text_as_a_model_without_a_bos(packed):
+  """A model pre-trained without a BOS (`row_layout.RowLayout.hidden_start`): behind seqio's start
+  slot (id 0 at position 0), with the slot hidden, every token's logits are those the same model
+  gives the text alone from position 0 (RoPE is relative), as Hugging Face runs such models."""
+  cfg = micro_config()
+  m = model.Decoder(cfg)
+  rng = np.random.RandomState(2)
+  texts = [rng.randint(3, 700, size=n) for n in (9, 6)]
+  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  alone = [np.asarray(m.apply({"params": params}, jnp.array(t[None])))[0] for t in texts]
+  if packed:  # both texts in one row, each behind its own start slot
+    tokens = np.concatenate([[0], texts[0], [0], texts[1]])[None]
+    seg = np.array([[1] * 10 + [2] * 7])
+    pos = np.array([list(range(10)) + list(range(7))])
+    out = np.asarray(m.apply({"params": params}, jnp.array(tokens), jnp.array(seg),
+                             jnp.array(pos), hide_start=True))[0]
+    got = [out[1:10], out[11:17]]
+  else:
+    got = [np.asarray(m.apply({"params": params}, jnp.array(np.concatenate([[0], t])[None]),
+                              hide_start=True))[0, 1:] for t in texts]
+  for g, a in zip(got, alone):
+    np.testing.assert_allclose(g, a, rtol=2e-5, atol=2e-5)
+  # Without hiding, the slot is a token the model attends to: the logits differ.
+  shown = np.asarray(m.apply({"params": params},
+                             jnp.array(np.concatenate([[0], texts[0]])[None])))[0, 1:]
+  assert np.abs(shown - alone[0]).max() > 1e-3

@@ -14,19 +14,22 @@ import pytest
 from ul2flan import checkpoints, partitioning
 from ul2flan.training import guards, optim, steps, trainer
 from ul2flan.training.checkpointer import Checkpointer
+from ul2flan.training.evaluator import TextLossRose
+from ul2flan.training.settings import EvalConfig
 from ul2flan.training.metrics import read_metrics
 from helpers import REPO_ROOT, lm_dataset, micro_config, quiet_train_config
 
 GOOD_STEPS = 4
 
 
-def _train(model_dir, total_steps, log_period=1, **kw):
+def _train(model_dir, total_steps, log_period=1, eval_cfg=None, **kw):
   return trainer.train(
       str(model_dir), train_dataset_cfg=lm_dataset(batch_size=4, length=32),
       train_cfg=quiet_train_config(total_steps, log_period=log_period, **kw),
       model_config=micro_config(),
       partitioner=partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1]),
-      checkpoint_cfg=checkpoints.CheckpointConfig(save_period=2, keep=3, async_save=False))
+      checkpoint_cfg=checkpoints.CheckpointConfig(save_period=2, keep=3, async_save=False),
+      eval_cfg=eval_cfg)
 
 
 def _saved(model_dir, step):
@@ -89,6 +92,51 @@ def test_divergence_stops_and_keeps_the_good_checkpoints(tmp_path, good_run, hug
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
   if last_good == GOOD_STEPS:
     jax.tree.map(np.testing.assert_array_equal, restored, before)
+
+
+def _text_guard(max_rise):
+  return EvalConfig(period=2, text_dataset_cfg=lm_dataset(
+      batch_size=4, length=32, split="validation", shuffle=False, repeat=False),
+      text_steps=2, text_max_rise=max_rise)
+
+
+@pytest.fixture
+def large_learning_rate():
+  """Large enough to wreck the model's text loss in a few steps, not to make it non-finite."""
+  with gin.unlock_config():
+    gin.bind_parameter("make_schedule.kind", "constant")
+    gin.bind_parameter("make_schedule.base_learning_rate", 3.0)
+    gin.bind_parameter("make_schedule.warmup_steps", 0)
+    gin.bind_parameter("make_optimizer.name", "adamw")
+  yield
+  with gin.unlock_config():
+    gin.clear_config()
+
+
+def test_text_guard_stops_a_stage_that_makes_text_worse(tmp_path, good_run, large_learning_rate):
+  d = _copy(good_run, tmp_path / "run")
+  with pytest.raises(TextLossRose) as err:
+    _train(d, 20, eval_cfg=_text_guard(0.1))
+  assert err.value.exit_code == guards.EXIT_TEXT_LOSS_ROSE == 4
+  start = json.loads((tmp_path / "run" / "text_guard.json").read_text())
+  assert start["step"] == GOOD_STEPS  # the first step this stage trained from
+  rows = [r for r in read_metrics(os.path.join(d, "metrics_eval.jsonl")) if "text_loss" in r]
+  assert rows[0]["step"] == GOOD_STEPS and rows[0]["text_loss"] == pytest.approx(
+      start["text_loss"])
+  stopped = rows[-1]
+  assert stopped["text_loss"] > 1.1 * start["text_loss"]
+  assert all(r["text_loss"] <= 1.1 * start["text_loss"] for r in rows[:-1])
+  message = str(err.value)
+  assert (f"rose from {start['text_loss']:.4f} (step {GOOD_STEPS}) to "
+          f"{stopped['text_loss']:.4f} nats/token at step {stopped['step']}") in message
+  assert "LEARNING_RATE=0.3 (now 3)" in message and f"{d}/checkpoints/" in message
+  assert {"2", "4"} <= set(_steps_on_disk(d))  # nothing was deleted
+
+
+def test_text_guard_reports_only_without_a_limit(tmp_path, good_run, large_learning_rate):
+  d = _copy(good_run, tmp_path / "run")
+  result = _train(d, 8, eval_cfg=_text_guard(None))
+  assert result.step == 8 and "text_loss" in result.last_eval
 
 
 def test_skip_policy_drops_updates_and_counts_them(tmp_path, good_run, huge_learning_rate):

@@ -27,10 +27,12 @@ from __future__ import annotations
 import functools
 from typing import Callable, Mapping, Sequence
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from ul2flan import gin_checks
 from ul2flan.ul2.denoisers import DenoiserMixture
 from ul2flan.ul2.lengths import CompiledDenoiser, CompiledMixture, compile_mixture
 
@@ -282,9 +284,39 @@ def ul2_denoise(dataset: tf.data.Dataset,
                      "defines the mode-token ids and the sentinels)")
   if callable(mixture):  # built now, when the dataset is: see ul2flan.ul2.tasks
     mixture = mixture()
+  if mixture.fill_rows:
+    check_t5x_consumer_takes_full_rows()
   compiled = compile_mixture(mixture, output_features["targets"].vocabulary, sequence_length)
   streams = group_token_streams(dataset, mixture.docs_per_group)
   return _denoise_segment(cut_segments(streams, compiled), mixture=compiled)
+
+
+T5X_CONVERTER_PARAMETER = "DecoderOnlyModel.feature_converter_cls"
+FULL_ROW_CONVERTER = "FullRowDecoderFeatureConverter"  # registered by ul2flan_tasks
+
+
+def check_t5x_consumer_takes_full_rows() -> None:
+  """Upstream t5x's route: a model left with seqio's stock converter cannot take full rows (it
+  checks each feature against its own length and fails at the first batch, inside tf.data).
+
+  When t5x's `DecoderOnlyModel` is in the gin registry, its `feature_converter_cls` binding must
+  name ul2flan's converter; say so now, at dataset construction. ul2flan's own trainer (no t5x)
+  is not affected."""
+  if not any(n.endswith("DecoderOnlyModel") for n in gin_checks.configurable_names()):
+    return
+  try:
+    bound = gin.query_parameter(T5X_CONVERTER_PARAMETER)
+  except ValueError:
+    bound = None
+  name = getattr(getattr(bound, "configurable", None), "name", "") or ""
+  if not name.endswith(FULL_ROW_CONVERTER):
+    raise ValueError(
+        f"UL2R examples fill the decoder row (inputs + targets fit the row, either alone may be "
+        f"longer than its own length), and this t5x model's feature converter ("
+        f"{name or 'the default, seqio.DecoderFeatureConverter'}) checks each feature on its "
+        f"own. Add to the gin file: models.DecoderOnlyModel.feature_converter_cls = "
+        f"@ul2flan_tasks.{FULL_ROW_CONVERTER} (README, \"Using the tasks from upstream t5x\"), "
+        f"or give the task a mixture with fill_rows=False.")
 
 
 def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
@@ -299,7 +331,7 @@ def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
 
 
 def ul2_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  """Prefix-LM features (for `ul2flan.training.data.PrefixLMFeatureConverter`); `denoiser` rides
+  """Prefix-LM features (for `ul2flan.row_layout.PrefixLMFeatureConverter`); `denoiser` rides
   along."""
   return {"inputs": seqio.Feature(vocabulary, add_eos=True),
           "targets": seqio.Feature(vocabulary, add_eos=True)}
