@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 # Each family's features switched on; sliding windows shorter than the 320-token test inputs.
 # 400 embedding rows over a 300-token tokenizer (Qwen-style unused rows) unless a test says.
@@ -91,7 +91,8 @@ def build_model(name: str, seed: int = 0, **overrides) -> transformers.PreTraine
 
 
 def train_tokenizer(vocab_size: int = 300) -> transformers.PreTrainedTokenizerFast:
-  """A small byte-level BPE with <s> / </s> / <pad>, trained on a few generated sentences."""
+  """A small byte-level BPE with <s> / </s> / <pad>, trained on a few generated sentences; like a
+  Llama tokenizer, its post-processor puts <s> first (so rows start with it)."""
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -102,6 +103,9 @@ def train_tokenizer(vocab_size: int = 300) -> transformers.PreTrainedTokenizerFa
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<s>"],
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator(text, trainer)
+  bos = tok.token_to_id("<s>")
+  tok.post_processor = processors.TemplateProcessing(
+      single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
                                               eos_token="</s>", bos_token="<s>")
 

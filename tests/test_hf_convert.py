@@ -7,6 +7,7 @@ import shutil
 
 import ml_dtypes
 import numpy as np
+from tokenizers import processors
 import pytest
 import safetensors
 import safetensors.torch
@@ -246,15 +247,19 @@ def test_embedding_rows_written_in_place_equal_model_embedding(tmp_path, policy,
   from ul2flan.hf_vocab import token_layout
   from ul2flan.hf_vocab import vocabulary as hf_tokenizer
   tokenizer = hf_reference.train_tokenizer(300)
-  if not bos:
+  bos_id = tokenizer.convert_tokens_to_ids("<s>")
+  if not bos:  # a tokenizer that adds no BOS (Qwen, SmolLM2): rows get a hidden start slot
     tokenizer.bos_token = None
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A", pair="$A $B")
   tokenizer.save_pretrained(str(tmp_path))
   rows = np.random.RandomState(0).randn(hf_rows, 8).astype(source_dtype)
   safetensors_io.write_weights(str(tmp_path), [safetensors_io.TensorToWrite(
       "model.embed_tokens.weight", rows.shape, rows.dtype, lambda: rows)])
   layout = hf_tokenizer.HfVocabulary(str(tmp_path), token_layout.SentinelPolicy(
       policy, 100, hf_rows)).layout
-  assert (layout.start_copies is None) == bos
+  assert (layout.swap == (0, bos_id)) == bos and layout.start_copies is None
+  assert (0 in layout.untrained_ids) != bos  # a hidden start slot's row holds the trained mean
   source = importer.Source(safetensors_io.WeightsReader(str(tmp_path)), hf_rows, layout, True)
   want = token_layout.model_embedding(rows, layout, reinit=True)
   for dtype in (np.float32, ml_dtypes.bfloat16):

@@ -53,8 +53,25 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return bindings, rest
 
 
+def _read_url(path: str):
+  return paths.resolve(path).open()
+
+
+def _is_readable_url(path: str) -> bool:
+  return paths.is_url(path) and paths.resolve(path).exists()
+
+
+# A gin file may live in a bucket (an imported model dir's model.gin under a gs:// MODEL_DIR).
+gin.config.register_file_reader(_read_url, _is_readable_url)
+
+
 def resolve_gin_file(path: str) -> str:
-  """A gin file as given, or relative to the repository (where gin_configs/ lives)."""
+  """A gin file as given (local, or a URL such as gs://...), or relative to the repository (where
+  gin_configs/ lives)."""
+  if paths.is_url(path):
+    if _is_readable_url(path):
+      return path
+    raise ValueError(f"gin file {path!r} not found")
   for candidate in (path, os.path.join(REPO_ROOT, path)):
     if os.path.exists(candidate):
       return candidate

@@ -6,13 +6,16 @@ keys of the imported model's config), safetensors (sharded with an index above
 `max_shard_bytes`), generation_config.json and the tokenizer files with the sentinel tokens
 added. The model's run.json says which vocabulary it was trained with; only Hugging Face
 tokenizers (`kind: hf`) can be exported.
+
+The checkpoint and the output may be local or in a bucket (`gs://...`, through `ul2flan.paths`);
+the output is staged and published as `output_dir` describes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 import jax
@@ -21,6 +24,7 @@ import numpy as np
 from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
+from ul2flan import paths
 from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io
 from ul2flan.hf import tokenizer_files, weights
 from ul2flan.hf_vocab import token_layout
@@ -46,10 +50,22 @@ def tokenizer_dir_of(info: config_lib.RunInfo, where: str) -> str:
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  file = paths.resolve(path)
+  return json.loads(file.read_text()) if file.exists() else None
+
+
+def _write_json(path: str, value: dict[str, Any], **options) -> None:
+  paths.resolve(path).write_text(json.dumps(value, **options))
+
+
+def _vocabulary_layout(info: config_lib.RunInfo, tokenizer_dir: str) -> token_layout.TokenLayout:
+  """The id layout the model trained with. The tokenizer library reads local files: a tokenizer
+  in a bucket is read from a local copy of its files."""
+  if not paths.is_url(tokenizer_dir):
+    return info.build_vocabulary().layout
+  with paths.local_copy(tokenizer_dir, tokenizer_files.TOKENIZER_FILES) as local_dir:
+    local = dataclasses.replace(info, vocabulary={**info.vocabulary, "path": local_dir})
+    return local.build_vocabulary().layout
 
 
 def generation_config(hf_config: dict[str, Any], template: dict[str, Any] | None
@@ -97,20 +113,19 @@ def export_hf(checkpoint: str, out_dir: str, *, dtype: str = "float32",
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-  out_dir = os.path.abspath(out_dir)
+  out_dir = str(paths.resolve(out_dir))
   ckpt_dir, step = checkpoints.resolve_step_dir(checkpoint)
   model_dir = checkpoints.model_dir_of(checkpoint)
   info = config_lib.read_run_info(model_dir)
   cfg = info.decoder_config
   tokenizer_dir = tokenizer_dir_of(info, model_dir)
-  template = _read_json(os.path.join(tokenizer_dir, "config.json"))
+  template = _read_json(paths.join(tokenizer_dir, "config.json"))
   hf_config = families.hf_config(cfg, template, dtype)
-  vocabulary = info.build_vocabulary()
-  layout = vocabulary.layout
+  layout = _vocabulary_layout(info, tokenizer_dir)
   if layout.vocab_size != cfg.vocab_size:
     raise ValueError(f"{model_dir}: the vocabulary has {layout.vocab_size} ids but the model "
                      f"{cfg.vocab_size} embedding rows; run.json does not describe this model")
-  step_dir = os.path.join(ckpt_dir, str(step))
+  step_dir = paths.join(ckpt_dir, str(step))
   settings = {k: v for k, v in info.vocabulary.items() if k not in ("kind", "path", "extra_ids")}
   marker = {"kind": "export-hf", "source": step_dir, "vocabulary": settings,
             "fingerprint": {"source": step_dir, "step": step, "dtype": dtype}}
@@ -123,14 +138,12 @@ def export_hf(checkpoint: str, out_dir: str, *, dtype: str = "float32",
   with output_dir.staging(out_dir, marker) as tmp:
     files = safetensors_io.write_weights(tmp, hf_tensors(params, cfg, np_dtype, layout),
                                          max_shard_bytes)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
-    with open(os.path.join(tmp, GENERATION_CONFIG), "w") as f:
-      json.dump(generation_config(
-          hf_config, _read_json(os.path.join(tokenizer_dir, GENERATION_CONFIG))), f, indent=2)
+    _write_json(paths.join(tmp, "config.json"), hf_config, indent=2, sort_keys=True)
+    _write_json(paths.join(tmp, GENERATION_CONFIG), generation_config(
+        hf_config, _read_json(paths.join(tokenizer_dir, GENERATION_CONFIG))), indent=2)
     tokenizer_files.copy_files(tokenizer_dir, tmp, tokenizer_files.TOKENIZER_FILES)
     tokenizer_files.copy_files(tokenizer_dir,
-                               os.path.join(tmp, import_vocabulary.EXPORT_TOKENIZER_DIR),
+                               paths.join(tmp, import_vocabulary.EXPORT_TOKENIZER_DIR),
                                tokenizer_files.TOKENIZER_FILES)
     # Recorded in the marker, which staging writes when this block ends.
     marker["sentinels"] = tokenizer_files.add_sentinels(tmp, layout.sentinel_ids,

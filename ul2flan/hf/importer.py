@@ -6,6 +6,10 @@ INITIAL_CHECKPOINT_PATH), `run.json`, `model.gin` (the DecoderConfig and vocabul
 as templates). Everything is checked before anything is written (model_type and features, every
 tensor's presence and shape), and the dir appears all at once (`output_dir.staging`).
 
+Both dirs may be local or in a bucket (`gs://...`, through `ul2flan.paths`): the weights are
+streamed from the bucket tensor by tensor, the tokenizer is read from a local copy of its files,
+and the output is staged and published as `output_dir` describes.
+
 One process converts every HF tensor straight into its place in a NumPy array (resident memory:
 the model plus one tensor). Several processes (multi-host) build sharded jax arrays with
 `jax.make_array_from_callback`: each reads, converts and keeps only its devices' slices.
@@ -17,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from typing import Any, Mapping
 
 import jax
@@ -27,6 +30,7 @@ import orbax.checkpoint as ocp
 from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
+from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.hf import families, import_vocabulary, output_dir, safetensors_io
 from ul2flan.hf import tokenizer_files, weights
@@ -44,23 +48,24 @@ SAVE_CHUNK_BYTES = 64 * 1024 ** 2
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
-  path = os.path.join(hf_dir, CONFIG_FILE)
-  if not os.path.isdir(hf_dir):
+  directory = paths.resolve(hf_dir)
+  path = directory / CONFIG_FILE
+  if not directory.is_dir():
     raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model dir)")
-  if not os.path.exists(path):
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: {hf_dir} is not a Hugging Face model dir")
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def is_hf_model_dir(path: str) -> bool:
   """A Hugging Face model dir (config.json + safetensors), as opposed to a ul2flan checkpoint."""
-  return (os.path.exists(os.path.join(path, CONFIG_FILE)) and
-          (os.path.exists(os.path.join(path, safetensors_io.SINGLE_FILE)) or
-           os.path.exists(os.path.join(path, safetensors_io.INDEX_FILE))))
+  directory = paths.resolve(path)
+  return ((directory / CONFIG_FILE).exists() and
+          ((directory / safetensors_io.SINGLE_FILE).exists() or
+           (directory / safetensors_io.INDEX_FILE).exists()))
 
 
 def decoder_config(hf_dir: str, dtype: str = "float32", scan_layers: bool = False,
@@ -69,7 +74,7 @@ def decoder_config(hf_dir: str, dtype: str = "float32", scan_layers: bool = Fals
   vocab_size."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-  fields = families.decoder_fields(read_hf_config(hf_dir), os.path.join(hf_dir, CONFIG_FILE))
+  fields = families.decoder_fields(read_hf_config(hf_dir), paths.join(hf_dir, CONFIG_FILE))
   if vocab_size is not None:
     fields["vocab_size"] = vocab_size
   return DecoderConfig(**fields, dtype=dtype, scan_layers=scan_layers)
@@ -270,11 +275,11 @@ def model_gin(cfg: DecoderConfig, vocabulary: Mapping[str, Any], source: str) ->
 def fingerprint(hf_dir: str, reader: safetensors_io.WeightsReader, dtype: str,
                 scan_layers: bool) -> dict[str, Any]:
   """What the conversion depends on: config.json's content, the weight files' names and sizes."""
-  with open(os.path.join(hf_dir, CONFIG_FILE), "rb") as f:
-    config_hash = hashlib.sha256(f.read()).hexdigest()
+  config_hash = hashlib.sha256(paths.resolve(hf_dir).joinpath(CONFIG_FILE).read_bytes()
+                               ).hexdigest()
   files = sorted({info.path for info in reader.tensors.values()})
   return {"source": hf_dir, "config_sha256": config_hash,
-          "weights": {os.path.basename(p): os.path.getsize(p) for p in files},
+          "weights": {paths.resolve(p).name: paths.file_size(p) for p in files},
           "dtype": dtype, "scan_layers": scan_layers}
 
 
@@ -290,7 +295,7 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers:
   processes, `mesh_shape` (default: FSDP over every device) is how the params are sharded while
   they are built and written.
   """
-  hf_dir, out_dir = os.path.abspath(hf_dir), os.path.abspath(out_dir)
+  hf_dir, out_dir = str(paths.resolve(hf_dir)), str(paths.resolve(out_dir))
   hf_rows = decoder_config(hf_dir).vocab_size  # validates config.json first
   vocab = import_vocabulary.plan(hf_dir, hf_rows, sentinels, num_sentinels, reserved_pattern)
   cfg = decoder_config(hf_dir, dtype, scan_layers, vocab.layout.vocab_size)
@@ -307,20 +312,19 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", scan_layers:
     partitioner = partitioning.Partitioner(mesh_shape or {"fsdp": -1})
     params = load_params_sharded(source, cfg, partitioner, dtype)
   vocabulary = dataclasses.asdict(vocabularies.VocabularySpec(
-      kind="hf", path=os.path.join(out_dir, TOKENIZER_DIR), **vocab.settings))
+      kind="hf", path=paths.join(out_dir, TOKENIZER_DIR), **vocab.settings))
   with output_dir.staging(out_dir, marker) as tmp:
     save_params(tmp, params)
     del params
     if jax.process_index() == 0:
-      tokenizer_dir = os.path.join(tmp, TOKENIZER_DIR)
+      tokenizer_dir = paths.join(tmp, TOKENIZER_DIR)
       tokenizer_files.copy_files(vocab.tokenizer_dir, tokenizer_dir,
                                  tokenizer_files.TOKENIZER_FILES)
       tokenizer_files.copy_files(hf_dir, tokenizer_dir, tokenizer_files.MODEL_CONFIG_FILES)
       config_lib.write_run_info(tmp, config_lib.RunInfo(
           model=dataclasses.asdict(cfg), feature_converter="lm", task_feature_lengths={},
           vocabulary=vocabulary))
-      with open(os.path.join(tmp, MODEL_GIN), "w") as f:
-        f.write(model_gin(cfg, vocabulary, hf_dir))
+      paths.resolve(tmp).joinpath(MODEL_GIN).write_text(model_gin(cfg, vocabulary, hf_dir))
   logger.info("imported %s (%s, %d layers, sentinels: %s) into %s", hf_dir,
               read_hf_config(hf_dir)["model_type"], cfg.num_layers, vocab.settings["sentinels"],
               out_dir)

@@ -8,22 +8,28 @@ refuses BF16 tensors; ml_dtypes provides the type), and reading into our own arr
 memory map keeps the resident memory of an import at the converted model plus one tensor
 (a mapped shard stays resident while it is open). Tests check both directions against the
 safetensors library.
+
+Files may be local or in a bucket (`gs://...`, through `ul2flan.paths`): a tensor is read with a
+seek and ranged reads of at most 64 MB (no local copy of the shard); a shard is written through
+one epath file (gcsfs uploads as it is written, tf.io.gfile when it is closed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import struct
 from typing import Callable, Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
 
+from ul2flan import paths
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3  # what transformers' save_pretrained uses
+URL_READ_BYTES = 64 * 1024 ** 2  # one ranged read from a bucket; bounds the transient buffer
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -48,18 +54,26 @@ class TensorInfo:
   nbytes: int
 
 
+def _open(path: str, mode: str):
+  """A local file through `open` (unbuffered for reading, so reads land straight in the array);
+  a URL through epath."""
+  if paths.is_url(path):
+    return paths.resolve(path).open(mode)
+  return open(path, mode, buffering=0) if mode == "rb" else open(path, mode)
+
+
 def read_header(path: str) -> dict[str, TensorInfo]:
   """The tensors of one safetensors file (no data is read)."""
   try:
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
       size_bytes = f.read(8)
       if len(size_bytes) < 8:
         raise SafetensorsError(f"{path} is not a safetensors file (shorter than its header)")
       (size,) = struct.unpack("<Q", size_bytes)
       if size > 100 * 1024 ** 2:
         raise SafetensorsError(f"{path} is not a safetensors file (header of {size} bytes)")
-      header = json.loads(f.read(size))
-    file_size = os.path.getsize(path)
+      header = json.loads(_read_exactly(f, size, path))
+    file_size = paths.file_size(path)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise SafetensorsError(f"{path} has an unreadable safetensors header ({e})") from None
   out = {}
@@ -93,15 +107,31 @@ def read_tensor(info: TensorInfo, rows: slice | None = None, out: np.ndarray | N
   elif out.shape != shape or out.dtype != info.dtype or not out.flags.c_contiguous:
     raise ValueError(f"cannot read {info.name} {shape} {info.dtype} into {out.shape} {out.dtype}")
   view = memoryview(out.reshape(-1).view(np.uint8))
-  with open(info.path, "rb", buffering=0) as f:
+  in_bucket = paths.is_url(info.path)
+  with _open(info.path, "rb") as f:
     f.seek(offset)
     done = 0
     while done < len(view):
-      n = f.readinto(view[done:])
+      if in_bucket:  # ranged reads of bounded size; a local file is read straight into place
+        chunk = f.read(min(len(view) - done, URL_READ_BYTES))
+        view[done:done + len(chunk)] = chunk
+        n = len(chunk)
+      else:
+        n = f.readinto(view[done:])
       if not n:
         raise SafetensorsError(f"{info.path}: unexpected end of file reading {info.name}")
       done += n
   return out
+
+
+def _read_exactly(f, size: int, path: str) -> bytes:
+  data = b""
+  while len(data) < size:
+    chunk = f.read(size - len(data))
+    if not chunk:
+      raise SafetensorsError(f"{path} is not a safetensors file (shorter than its header)")
+    data += chunk
+  return data
 
 
 class WeightsReader:
@@ -110,22 +140,23 @@ class WeightsReader:
 
   def __init__(self, hf_dir: str):
     self.hf_dir = hf_dir
-    index_path = os.path.join(hf_dir, INDEX_FILE)
-    single = os.path.join(hf_dir, SINGLE_FILE)
+    index_path = paths.join(hf_dir, INDEX_FILE)
+    single = paths.join(hf_dir, SINGLE_FILE)
     self.index: dict[str, str] = {}  # tensor -> shard, as the index lists it
-    if os.path.exists(index_path):
+    if paths.resolve(index_path).exists():
       files = self._files_from_index(index_path)
-    elif os.path.exists(single):
+    elif paths.resolve(single).exists():
       files = [SINGLE_FILE]
     else:
-      others = [f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth", ".h5"))]
+      others = [p.name for p in paths.resolve(hf_dir).iterdir()
+                if p.name.endswith((".bin", ".pt", ".pth", ".h5"))]
       hint = (f" (found {sorted(others)[:3]}: re-save the model with "
               f"`save_pretrained(dir, safe_serialization=True)` to get safetensors)"
               if others else "")
       raise FileNotFoundError(f"{hf_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}{hint}")
     self.tensors: dict[str, TensorInfo] = {}
     for name in files:
-      for tensor, info in read_header(os.path.join(hf_dir, name)).items():
+      for tensor, info in read_header(paths.join(hf_dir, name)).items():
         if tensor in self.tensors:
           raise SafetensorsError(f"tensor {tensor} appears in both {self.tensors[tensor].path} "
                                  f"and {info.path}")
@@ -133,13 +164,12 @@ class WeightsReader:
 
   def _files_from_index(self, index_path: str) -> list[str]:
     try:
-      with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
+      weight_map = json.loads(paths.resolve(index_path).read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
       raise SafetensorsError(f"{index_path} is not a safetensors index (needs a 'weight_map'): "
                              f"{e}") from None
     files = sorted(set(weight_map.values()))
-    missing = [f for f in files if not os.path.exists(os.path.join(self.hf_dir, f))]
+    missing = [f for f in files if not paths.resolve(self.hf_dir).joinpath(f).exists()]
     if missing:
       raise FileNotFoundError(
           f"{index_path} lists {len(missing)} shard(s) that are not in {self.hf_dir}: "
@@ -152,8 +182,8 @@ class WeightsReader:
     if name in self.tensors:
       return self.tensors[name].path
     if name in self.index:
-      return os.path.join(self.hf_dir, self.index[name])
-    return os.path.join(self.hf_dir, INDEX_FILE if self.index else SINGLE_FILE)
+      return paths.join(self.hf_dir, self.index[name])
+    return paths.join(self.hf_dir, INDEX_FILE if self.index else SINGLE_FILE)
 
   def __contains__(self, name: str) -> bool:
     return name in self.tensors
@@ -199,7 +229,7 @@ def _write_file(path: str, tensors: Sequence[TensorToWrite], metadata: Mapping[s
     offset += t.nbytes
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
-  with open(path, "wb") as f:
+  with _open(path, "wb") as f:
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for t in tensors:
@@ -220,13 +250,13 @@ def write_weights(out_dir: str, tensors: Iterable[TensorToWrite],
   metadata = dict(metadata or {"format": "pt"})
   shards = plan_shards(tensors, max_shard_bytes)
   if len(shards) == 1:
-    _write_file(os.path.join(out_dir, SINGLE_FILE), shards[0], metadata)
+    _write_file(paths.join(out_dir, SINGLE_FILE), shards[0], metadata)
     return [SINGLE_FILE]
   names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   for name, shard in zip(names, shards):
-    _write_file(os.path.join(out_dir, name), shard, metadata)
+    _write_file(paths.join(out_dir, name), shard, metadata)
   index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},
            "weight_map": {t.name: name for name, shard in zip(names, shards) for t in shard}}
-  with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-    json.dump(index, f, indent=2, sort_keys=True)
+  paths.resolve(out_dir).joinpath(INDEX_FILE).write_text(
+      json.dumps(index, indent=2, sort_keys=True))
   return names + [INDEX_FILE]

@@ -1,12 +1,13 @@
 """The tokenizer files of a Hugging Face model dir: checked and copied on import; on export,
-copied back with the sentinel tokens added so infilling prompts work from transformers."""
+copied back with the sentinel tokens added so infilling prompts work from transformers. Dirs may
+be local or in a bucket (`ul2flan.paths`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Mapping, Sequence
+
+from ul2flan import paths
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -18,8 +19,9 @@ MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
 
 
 def check_tokenizer(hf_dir: str) -> None:
-  if not os.path.exists(os.path.join(hf_dir, TOKENIZER_JSON)):
-    present = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(hf_dir, f))]
+  directory = paths.resolve(hf_dir)
+  if not (directory / TOKENIZER_JSON).exists():
+    present = [f for f in TOKENIZER_FILES if (directory / f).exists()]
     found = f" (it has {', '.join(present)})" if present else ""
     raise FileNotFoundError(
         f"{hf_dir} has no {TOKENIZER_JSON}{found}: ul2flan reads the fast-tokenizer file. Write "
@@ -27,11 +29,13 @@ def check_tokenizer(hf_dir: str) -> None:
 
 
 def copy_files(src_dir: str, dst_dir: str, names: Sequence[str]) -> list[str]:
-  os.makedirs(dst_dir, exist_ok=True)
+  """Copies those of `names` that `src_dir` has; returns them."""
+  if not paths.is_url(dst_dir):
+    paths.resolve(dst_dir).mkdir(parents=True, exist_ok=True)
   copied = []
   for name in names:
-    if os.path.exists(os.path.join(src_dir, name)):
-      shutil.copy2(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+    if paths.resolve(src_dir).joinpath(name).exists():
+      paths.copy_file(paths.join(src_dir, name), paths.join(dst_dir, name))
       copied.append(name)
   return copied
 
@@ -48,9 +52,8 @@ def add_sentinels(tokenizer_dir: str, sentinel_ids: Sequence[int],
   library assigns added tokens consecutive ids). Returns {"<extra_id_k>": the token at sentinel
   k's id}."""
   other_names = dict(other_names or {})
-  path = os.path.join(tokenizer_dir, TOKENIZER_JSON)
-  with open(path) as f:
-    spec = json.load(f)
+  path = paths.resolve(tokenizer_dir) / TOKENIZER_JSON
+  spec = json.loads(path.read_text(encoding="utf-8"))
   vocab = spec["model"].get("vocab") or {}
   if isinstance(vocab, dict):  # BPE / WordPiece / WordLevel: token -> id
     known = {int(i): t for t, i in vocab.items()}
@@ -70,21 +73,16 @@ def add_sentinels(tokenizer_dir: str, sentinel_ids: Sequence[int],
     names[sentinel_token(k)] = known.get(token_id, sentinel_token(k))
   if added:
     spec.setdefault("added_tokens", []).extend(added)
-    with open(path, "w") as f:
-      json.dump(spec, f, ensure_ascii=False, indent=1)
+    path.write_text(json.dumps(spec, ensure_ascii=False, indent=1), encoding="utf-8")
     _add_to_tokenizer_config(tokenizer_dir, added)
   return names
 
 
 def _add_to_tokenizer_config(tokenizer_dir: str, added: list[dict]) -> None:
   """transformers also lists added tokens in tokenizer_config.json; keep the two consistent."""
-  path = os.path.join(tokenizer_dir, TOKENIZER_CONFIG)
-  config = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      config = json.load(f)
+  path = paths.resolve(tokenizer_dir) / TOKENIZER_CONFIG
+  config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
   decoder = config.setdefault("added_tokens_decoder", {})
   for token in added:
     decoder[str(token["id"])] = {k: v for k, v in token.items() if k != "id"}
-  with open(path, "w") as f:
-    json.dump(config, f, ensure_ascii=False, indent=1)
+  path.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")

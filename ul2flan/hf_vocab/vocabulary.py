@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
+from ul2flan import paths
 from ul2flan.hf_vocab import chat_template as chat_lib
 from ul2flan.hf_vocab import token_layout
 
@@ -44,12 +44,14 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 def tokenizer_file(path: str) -> str:
-  """`path/tokenizer.json` (or `path` itself when it names the file); a clear error if absent."""
-  candidate = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
-  if os.path.isfile(candidate):
+  """`path/tokenizer.json` (or `path` itself when it names the file); a clear error if absent.
+  Local or a URL (`gs://...`: the files are read through `ul2flan.paths`)."""
+  directory = paths.resolve(path)
+  candidate = paths.join(path, TOKENIZER_FILE) if directory.is_dir() else str(path)
+  if paths.resolve(candidate).is_file():
     return candidate
   hint = ""
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.model")):
+  if directory.is_dir() and (directory / "tokenizer.model").exists():
     hint = (" It holds tokenizer.model: use get_vocabulary.kind='sentencepiece' with that file, "
             "or save a fast tokenizer (transformers' `save_pretrained`) to get tokenizer.json.")
   raise FileNotFoundError(
@@ -60,8 +62,7 @@ def tokenizer_file(path: str) -> str:
 
 def _read_json(path: str) -> dict[str, Any]:
   try:
-    with open(path, encoding="utf-8") as f:
-      value = json.load(f)
+    value = json.loads(paths.resolve(path).read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e})") from None
   if not isinstance(value, dict):
@@ -104,22 +105,24 @@ class TokenizerFiles:
 
   def __init__(self, path: str):
     self.tokenizer_path = tokenizer_file(path)
-    directory = os.path.dirname(self.tokenizer_path)
-    self.config_path = os.path.join(directory, CONFIG_FILE)
-    self.config = _read_json(self.config_path) if os.path.isfile(self.config_path) else {}
+    directory = str(paths.resolve(self.tokenizer_path).parent)
+    self.config_path = paths.join(directory, CONFIG_FILE)
+    self.config = (_read_json(self.config_path) if paths.resolve(self.config_path).is_file()
+                   else {})
     try:
-      self.tokenizer = tokenizers.Tokenizer.from_file(self.tokenizer_path)
+      self.tokenizer = tokenizers.Tokenizer.from_str(
+          paths.resolve(self.tokenizer_path).read_text(encoding="utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
       raise ValueError(f"{self.tokenizer_path} is not a tokenizers file ({e})") from None
     self.tokenizer.no_truncation()  # a saved truncation / padding setting must not cut text
     self.tokenizer.no_padding()
     self.special_tokens = {k: t for k in SPECIAL_TOKEN_KEYS
                            if (t := _token_text(self.config.get(k))) is not None}
-    template_path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+    template_path = paths.join(directory, CHAT_TEMPLATE_FILE)
     self.chat_template_source, self.chat_template_origin = None, None
-    if os.path.isfile(template_path):
-      with open(template_path, encoding="utf-8") as f:
-        self.chat_template_source, self.chat_template_origin = f.read(), template_path
+    if paths.resolve(template_path).is_file():
+      self.chat_template_source = paths.resolve(template_path).read_text(encoding="utf-8")
+      self.chat_template_origin = template_path
     elif self.config.get("chat_template") is not None:
       self.chat_template_source = chat_lib.select_template(self.config["chat_template"],
                                                            self.config_path)
