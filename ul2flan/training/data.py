@@ -27,6 +27,8 @@ import tensorflow as tf
 
 from ul2flan import row_layout
 from ul2flan.training import iterator_state
+from ul2flan.ul2 import denoisers as ul2_denoisers
+from ul2flan.ul2 import tasks as ul2_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,31 @@ def get_task(name: str, module: str | None = None):
         f"(MIXTURE_OR_TASK_MODULE, now {module!r}).") from None
 
 
+def denoiser_groups(cfg: DatasetConfig) -> dict[str, tuple[int, ...]]:
+  """{denoiser kind: its mode token's ids} of a UL2 task (or of a mixture's UL2 tasks); {} for
+  any other task. The train and eval steps sum loss and accuracy per group, each packed segment
+  in the group of the mode token it begins with (`steps.segment_group_ids`). Kinds that share a
+  mode token form one group ("R+X"); a mode token of "" marks no group."""
+  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  names = [t.name for t in task.tasks] if isinstance(task, seqio.Mixture) else [task.name]
+  kinds: dict[tuple[int, ...], set[str]] = {}
+  for name in names:
+    mixture = ul2_tasks.task_mixture(name)
+    if mixture is None:
+      continue
+    vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    for d in mixture.denoisers:
+      if d.mode_token:
+        ids = tuple(int(i) for i in vocabulary.encode(d.mode_token))
+        kinds.setdefault(ids, set()).add(d.kind)
+  order = ul2_denoisers.SPAN_CORRUPTION_KINDS + (ul2_denoisers.PREFIX_LM_KIND,)
+  groups = {"+".join(sorted(k, key=order.index)): ids for ids, k in kinds.items()}
+  if len(groups) < len(kinds):  # one kind under several mode tokens: name groups by the ids
+    groups = {"+".join(sorted(k, key=order.index)) + "_" + "_".join(map(str, ids)): ids
+              for ids, k in kinds.items()}
+  return dict(sorted(groups.items(), key=lambda g: order.index(g[0][0])))  # R, X, S
+
+
 def _shard_dataset(cfg: DatasetConfig, shard_index: int, num_shards: int) -> tf.data.Dataset:
   get_task(cfg.mixture_or_task_name, cfg.module)  # registers it, or says what is registered
   converter_cls = row_layout.FEATURE_CONVERTERS.get(cfg.feature_converter)
@@ -91,7 +118,9 @@ def _shard_dataset(cfg: DatasetConfig, shard_index: int, num_shards: int) -> tf.
       dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=None if cfg.repeat else 1,
       feature_converter=converter_cls(pack=cfg.pack), shard_info=seqio.ShardInfo(
           shard_index, num_shards), use_cached=cfg.use_cached, seed=cfg.seed)
-  return ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
+  # A finite pass (evaluation) keeps its short last batch; the evaluator pads it with zero-weight
+  # rows. Training batches are always full.
+  return ds.batch(cfg.batch_size // num_shards, drop_remainder=cfg.repeat)
 
 
 def local_shards(cfg: DatasetConfig, process_index: int | None = None,

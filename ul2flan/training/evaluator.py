@@ -1,6 +1,7 @@
 """Teacher-forced evaluation between steps, and the held-out text guard.
 
-* `evaluate`: loss / token accuracy over an eval split, the same on every process.
+* `evaluate`: loss / token accuracy over an eval split, the same on every process; per group
+  too (`loss/<g>`, `accuracy/<g>`: one group per UL2R denoiser, `steps.segment_group_ids`).
 * `Evaluator`: the periodic evaluation hook (`metrics_eval.jsonl`, TensorBoard).
 * `TextGuard`: held-out plain text scored before the first step and periodically. A stage whose
   text loss rises by more than `EvalConfig.text_max_rise` stops (exit status 4) with the figures
@@ -22,6 +23,7 @@ from ul2flan import row_layout
 from ul2flan.training import data as data_lib
 from ul2flan.training import guards
 from ul2flan.training import hooks as hooks_lib
+from ul2flan.training import metrics as metrics_lib
 from ul2flan.training.steps import StepBuilder, batch_spec
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ def _pad_rows(local: dict, padding: dict) -> dict:
 
 def evaluate(builder: StepBuilder, params, cfg: data_lib.DatasetConfig, num_batches: int,
              eval_step_cache: dict) -> dict:
-  """Teacher-forced loss / token accuracy over up to `num_batches` batches of an eval split.
+  """Teacher-forced loss / token accuracy over up to `num_batches` batches of an eval split,
+  and per group where the step has groups (`metrics.per_group`).
 
   Every process runs the same steps (they are collectives): a process whose shard is used up
   feeds zero-weight rows, and the pass ends at the first step with no weight on any process
@@ -72,12 +75,14 @@ def evaluate(builder: StepBuilder, params, cfg: data_lib.DatasetConfig, num_batc
       out = {k: float(v) for k, v in out.items()}
       if out["weight"] == 0:
         break
-      for k in sums:
-        sums[k] += out[k]
+      for k, v in out.items():
+        sums[k] = sums.get(k, 0.0) + v
   finally:
     it.close()
   w = max(sums["weight"], 1.0)
-  return {"loss": sums["nll"] / w, "accuracy": sums["correct"] / w, "tokens": sums["weight"]}
+  groups = metrics_lib.per_group({k: v for k, v in sums.items() if "/" in k})
+  return {"loss": sums["nll"] / w, "accuracy": sums["correct"] / w, "tokens": sums["weight"],
+          **groups}
 
 
 class Evaluator:
@@ -122,7 +127,13 @@ class TextGuard:
 
   def _measure(self, params) -> float:
     with self.stopwatch.paused():
-      return evaluate(self.builder, params, self.cfg, self.num_batches, self.cache)["loss"]
+      result = evaluate(self.builder, params, self.cfg, self.num_batches, self.cache)
+    if not result["tokens"]:
+      raise ValueError(
+          f"[{self.stage_name}] the held-out text ({self.cfg.mixture_or_task_name!r}, split "
+          f"{self.cfg.split!r}) gave no tokens to score: give the corpus more documents or a "
+          f"validation split, or unset EvalConfig.text_dataset_cfg")
+    return result["loss"]
 
   def begin(self, step: int, params) -> None:
     """The stage's starting text loss: read back on a resume, measured on a fresh start."""
