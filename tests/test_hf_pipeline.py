@@ -4,6 +4,7 @@ Llama saved with transformers beside a tokenizer trained here -> import -> UL2R 
 every stage, the Flan-U one checked in transformers against ul2flan's own checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from helpers import REPO_ROOT
 from ul2flan import checkpoints, config as config_lib, partitioning
 from ul2flan.model import decoder as decoder_lib
 
+EVAL_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
 WORDS = ["Alice", "Bob", "lives", "in", "Paris", "Lyon", "the", "cat", "sat", "on", "a", "mat",
          "works", "as", "baker", "teacher", "and", "is", "from"]
 
@@ -29,18 +31,21 @@ def write_corpus(path, n=200):
       f.write(json.dumps({"text": " ".join(rng.choice(WORDS, 40)) + "."}) + "\n")
 
 
-def write_flan_export(path, n=40):
+def write_flan_export(path, n=400):
   with open(path, "w") as f:
     for i in range(n):
       name, source = (("glue/sst2:1.0.0", "Flan2021") if i % 2 else ("task001_quoref", "NIv2"))
-      f.write(json.dumps({"inputs": f"Where does {WORDS[i % 4]} live?", "targets": "in Paris",
+      f.write(json.dumps({"inputs": f"Where does {WORDS[i % 4]} live? ({i})", "targets": "in Paris",
                           "_task_name": name, "_task_source": source,
                           "_template_type": "zs_opt"}) + "\n")
 
 
 def run_pipeline(model_dir, hf_dir, corpus, flan):
-  small = ["TRAIN_STEPS = 3", "BATCH_SIZE = 4", "EVAL_PERIOD = 0",
-           "CheckpointConfig.save_period = 3", "TrainConfig.peak_flops_per_device = 1e12"]
+  # EVAL_PERIOD = 3: the validation and held-out text passes run on the slices held out of the
+  # train-only corpus and Flan export (neither has a validation file).
+  small = ["TRAIN_STEPS = 3", "BATCH_SIZE = 4", "EVAL_PERIOD = 3",
+           "CheckpointConfig.save_period = 3", "TrainConfig.peak_flops_per_device = 1e12",
+           "text/DatasetConfig.task_feature_lengths = {'targets': 64}"]
   ul2r = small + ["TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 64}"]
   flan_ = small + ["TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 16}"]
   args = [
@@ -48,9 +53,11 @@ def run_pipeline(model_dir, hf_dir, corpus, flan):
       f"--gin.HF_MODEL='{hf_dir}'", f"--gin.UL2R_CORPUS='jsonl:{corpus}'",
       f"--gin.FLAN_DATA='{flan}'",
       f"--gin.run_pipeline.ul2r_bindings={ul2r!r}", f"--gin.run_pipeline.flan_bindings={flan_!r}",
-      "--gin.evaluation_settings.max_new_tokens=4", "--gin.evaluation_settings.infilling_examples=4",
-      "--gin.evaluation_settings.heldout_max_examples=8", "--gin.evaluation_settings.batch_size=8",
-      "--gin.hf_export_settings.dtype='float32'"]
+      f"--gin.BENCHMARKS_DATA='{EVAL_DATA}'", "--gin.evaluation_settings.benchmarks=['bbh']",
+      "--gin.evaluation_settings.benchmark_modes='direct'",
+      "--gin.evaluation_settings.benchmark_max_examples=1",
+      "--gin.evaluation_settings.text_infilling_examples=4",
+      "--gin.evaluation_settings.batch_size=8", "--gin.hf_export_settings.dtype='float32'"]
   r = subprocess.run([sys.executable, "-m", "ul2flan", "pipeline", *args], cwd=REPO_ROOT,
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
@@ -76,7 +83,16 @@ def test_hf_pipeline_end_to_end(tmp_path):
     assert info.feature_converter == converter and info.vocabulary["kind"] == "hf"
     assert (d / stage / "hf" / "config.json").exists()
   assert not (d / "base" / "hf").exists()  # the base was not trained here
-  assert "| Flan-U-base |" in (d / "report.md").read_text()
+  report = (d / "report.md").read_text()
+  assert "| Flan-U-base |" in report and "## Flan benchmarks" in report
+  assert "## Infilling on held-out corpus text" in report
+  models = json.loads((d / "report.json").read_text())["models"]
+  for metrics in models.values():
+    assert {"benchmark_bbh_direct", "text_infilling_accuracy"} <= set(metrics)
+  for stage in ("ul2r", "flan_ul2r"):  # validation loss and held-out text loss were measured
+    rows = [json.loads(l) for l in (d / stage / "metrics_eval.jsonl").read_text().splitlines()]
+    assert any(r.get("tokens", 0) > 0 for r in rows) and any("text_loss" in r for r in rows)
+  assert "has no validation split: 1 document in ~100 is held out of train" in log
 
   # The exported Flan-U model in transformers, as a prefix LM, against the trained checkpoint.
   exported = transformers.AutoModelForCausalLM.from_pretrained(str(d / "flan_ul2r" / "hf"),

@@ -9,9 +9,23 @@ leaves those documents out. Corpus sources (`ul2flan.ul2.sources`) and Flan expo
 
 from __future__ import annotations
 
+import logging
+
 import tensorflow as tf
 
 DEFAULT_EVERY = 100  # ~1% of train becomes validation
+
+logger = logging.getLogger(__name__)
+_announced: set[str] = set()
+
+
+def announce(what: str, every: int) -> None:
+  """Says once per data source that its validation split is held out of train."""
+  if what not in _announced:
+    _announced.add(what)
+    logger.info("%s has no validation split: 1 document in ~%d is held out of train as its "
+                "validation split (by a hash of the text, the same on every run; "
+                "ul2flan/holdout.py)", what, every)
 
 
 def held_out(text: tf.Tensor, every: int) -> tf.Tensor:

@@ -286,6 +286,8 @@ def register_flan_exports(file_pattern: str | Sequence[str], name: str = "flan_e
   patterns = {"train": file_pattern}
   if validation_file_pattern:
     patterns["validation"] = validation_file_pattern
+  elif holdout_every:
+    holdout.announce(f"Flan export {file_pattern!r}", holdout_every)
   index = scan_exports(patterns, on_malformed)
   vocabulary = vocabulary or vocabularies.configured()
   seqio_names = _unique_task_names(list(index.tasks), name)

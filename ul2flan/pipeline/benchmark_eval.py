@@ -61,7 +61,7 @@ class BenchmarkEvaluator:
     config = harness.fitted_to(harness.HarnessConfig(
         batch_size=settings.batch_size, max_examples_per_subtask=settings.benchmark_max_examples,
         output_dir=paths.join(request.out_dir, f"{request.model}.benchmarks"),
-        chat_template=settings.chat_template), gen)
+        chat_template=None if settings.chat_template else False), gen)  # None: if it has one
     summary = harness.run_suite(gen, tasks, config)
     normalized = {name: task["normalized_score"] for name, task in summary["tasks"].items()}
     metrics = {f"benchmark_{name}": task["score"] for name, task in summary["tasks"].items()}

@@ -64,6 +64,7 @@ class _CheckedFileSource(seqio.FileDataSource):
     self.holdout_every = None
     if set(split_to_filepattern) == {"train"} and holdout_every:
       self.holdout_every = int(holdout_every)
+      holdout.announce(f"{kind} corpus {split_to_filepattern['train']!r}", self.holdout_every)
       split_to_filepattern = {**split_to_filepattern, "validation": split_to_filepattern["train"]}
     super().__init__(read_file_fn=read_file_fn, split_to_filepattern=split_to_filepattern)
     self._kind = kind
