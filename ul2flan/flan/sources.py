@@ -395,15 +395,25 @@ def hf_disk_examples(path: str, split: str,
           for i, row in enumerate(loaded)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Rendering:
+  """How raw rows become prompts: a template family, the formats drawn, the seed, few-shot."""
+  family: str
+  formats: Sequence[str] | Mapping[str, float]
+  seed: int
+  few_shot: formatting.FewShotConfig
+
+
 def _register_rows_task(task_name: str, rows_fn: Callable[[str], list[dict[str, Any]]],
-                        splits: Sequence[str], preformatted: bool, family: str,
-                        formats: Sequence[str] | Mapping[str, float], seed: int,
-                        few_shot: formatting.FewShotConfig, replace: bool) -> seqio.Task:
+                        splits: Sequence[str], rendering: Rendering | None,
+                        replace: bool) -> seqio.Task:
+  """Rows rendered by the engine (`rendering`), or already holding inputs / targets (None)."""
   cached = functools.lru_cache(maxsize=None)(rows_fn)
-  if preformatted:
+  if rendering is None:
     return register_preformatted_task(task_name, cached, splits, replace=replace)
-  return register_formatted_task(task_name, cached, splits, family, formats, seed=seed,
-                                 few_shot=few_shot, replace=replace)
+  return register_formatted_task(task_name, cached, splits, rendering.family, rendering.formats,
+                                 seed=rendering.seed, few_shot=rendering.few_shot,
+                                 replace=replace)
 
 
 @gin.configurable
@@ -421,7 +431,7 @@ def register_tfds_task(task_name: str, tfds_name: str,
   (`{"question": "query", "answer": "answers/text"}`). Returns the task name."""
   _register_rows_task(
       task_name, lambda split: tfds_examples(tfds_name, split, data_dir, field_map), splits,
-      preformatted, family, formats, seed, few_shot, replace)
+      None if preformatted else Rendering(family, formats, seed, few_shot), replace)
   return task_name
 
 
@@ -437,5 +447,6 @@ def register_hf_disk_task(task_name: str, path: str,
   """Like `register_tfds_task`, over `datasets.load_from_disk(path)`. Returns the task name."""
   _import_hf_datasets()  # fail at registration, not at the first batch
   _register_rows_task(task_name, lambda split: hf_disk_examples(path, split, field_map), splits,
-                      preformatted, family, formats, seed, few_shot, replace)
+                      None if preformatted else Rendering(family, formats, seed, few_shot),
+                      replace)
   return task_name

@@ -23,6 +23,7 @@ from ul2flan import row_layout
 from ul2flan.training import data as data_lib
 from ul2flan.training import guards
 from ul2flan.training import hooks as hooks_lib
+from ul2flan.training import settings
 from ul2flan.training import metrics as metrics_lib
 from ul2flan.training.steps import StepBuilder, batch_spec
 
@@ -112,12 +113,12 @@ class TextGuard:
   by more than `max_rise` (a fraction). The starting figure is kept in the model dir, so a
   resumed stage compares with where the stage began, not where it resumed."""
 
-  def __init__(self, builder: StepBuilder, cfg: data_lib.DatasetConfig, num_batches: int,
-               max_rise: float | None, writer, stopwatch: hooks_lib.Stopwatch, *,
-               model_dir: str, stage_name: str, learning_rate: float | None,
-               last_checkpoint):
-    self.builder, self.cfg, self.num_batches = builder, cfg, num_batches
-    self.max_rise, self.writer, self.stopwatch = max_rise, writer, stopwatch
+  def __init__(self, builder: StepBuilder, eval_cfg: settings.EvalConfig, writer,
+               stopwatch: hooks_lib.Stopwatch, *, model_dir: str, stage_name: str,
+               learning_rate: float | None, last_checkpoint):
+    self.builder, self.writer, self.stopwatch = builder, writer, stopwatch
+    self.cfg, self.num_batches = eval_cfg.text_dataset_cfg, eval_cfg.text_steps
+    self.max_rise = eval_cfg.text_max_rise
     self.file = epath.Path(model_dir) / TEXT_GUARD_FILE
     self.stage_name, self.learning_rate = stage_name, learning_rate
     self.last_checkpoint = last_checkpoint  # () -> the last committed step, for the message
