@@ -177,8 +177,8 @@ def _hooks(run: _Run, watcher: guards.PreemptionWatcher, train_iter, logging_hoo
                                  stopwatch))
   if eval_cfg.guards_text:
     evaluations.append(TextGuard(
-        run.builder, eval_cfg.text_dataset_cfg, eval_cfg.text_steps, eval_cfg.text_max_rise,
-        eval_writer, stopwatch, model_dir=run.model_dir, stage_name=run.stage_name,
+        run.builder, eval_cfg, eval_writer, stopwatch, model_dir=run.model_dir,
+        stage_name=run.stage_name,
         learning_rate=config_lib.query("make_schedule.base_learning_rate"),
         last_checkpoint=run.checkpointer.last_committed))
   for evaluation in evaluations:
