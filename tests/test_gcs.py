@@ -169,17 +169,25 @@ def test_train_and_resume_in_a_bucket(gcs, tmp_path):
     assert not os.path.exists(os.path.join(where, "gs:")), where
 
 
+@pytest.fixture(scope="module")
+def base_in_bucket(gcs):
+  """A micro causal LM trained 2 steps into the bucket: a pipeline's given base."""
+  r = run_cli(TRAIN + [f"--model_dir=gs://{BUCKET}/pipe_base", "--gin.TRAIN_STEPS=2"], gcs.env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return f"gs://{BUCKET}/pipe_base"
+
+
 @pytest.mark.slow
-def test_pipeline_stage_in_a_bucket(gcs):
+def test_pipeline_stage_in_a_bucket(gcs, base_in_bucket):
   """UL2R and Flan stages start from params in the bucket and write everything back there."""
-  if not gcs.names("run/checkpoints/"):
-    pytest.skip("needs the trained run of test_train_and_resume_in_a_bucket")
   model_dir = f"gs://{BUCKET}/pipe"
   r = run_cli(["pipeline", "--gin_file=tests/testdata/pipeline_micro.gin",
                f"--model_dir={model_dir}", f"--gin.run_pipeline.initial_checkpoint_path="
-               f"'gs://{BUCKET}/run'", "--gin.run_pipeline.compare=False"], gcs.env, timeout=900)
+               f"'{base_in_bucket}'", "--gin.run_pipeline.compare=False"], gcs.env, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
-  assert f"[ul2r] params from gs://{BUCKET}/run" in r.stderr
+  assert json.loads(gcs.read("pipe/ul2r/run.json"))["feature_converter"] == "prefix_lm"
+  # The stage's saved config says where its params came from.
+  assert f"INITIAL_CHECKPOINT_PATH = '{base_in_bucket}'" in gcs.read("pipe/ul2r/config.gin").decode()
   names = gcs.names("pipe/")
   for stage in ("ul2r", "flan_ul2r"):
     assert f"pipe/{stage}/DONE" in names and f"pipe/{stage}/run.json" in names
