@@ -39,6 +39,7 @@ def run_cli(args, env_extra=None, timeout=300):
 
 
 MICRO_BINDINGS = [f"DecoderConfig.{k}={v}" for k, v in MICRO.items()]
+MICRO_FLAGS = [f"--gin.{b}" for b in MICRO_BINDINGS]  # the micro model on a command line
 
 
 def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
@@ -53,6 +54,12 @@ def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
   trainer.train(model_dir)
   config.parse_gin([])
   return model_dir
+
+
+def read_last_params(model_dir) -> tuple[int, dict]:
+  """(the newest step, its params) of a model dir, read with orbax directly."""
+  _, step = checkpoints.resolve_step_dir(str(model_dir))
+  return step, read_params(os.path.join(str(model_dir), "checkpoints", str(step)))
 
 
 def read_params(step_dir) -> dict:

