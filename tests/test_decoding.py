@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ul2flan import checkpoints, config, vocabularies as vocab
+from ul2flan import checkpoints, config, row_layout, vocabularies as vocab
 from ul2flan.commands import configurables  # noqa: F401
 from ul2flan.commands import main as cli
 from ul2flan.evaluation import self_consistency
@@ -132,6 +132,10 @@ def test_cached_greedy_equals_full_recompute(prefix_lm, scan_layers):
   expected = [reference_greedy(config, params, p, prefix_lm, steps) for p in prompts]
   np.testing.assert_array_equal(cached.tokens, np.array(expected))
   np.testing.assert_array_equal(cached.lengths, [steps] * 3)
+  # The same params run with the other layer layout (stacked or sliced inside the call).
+  other = decoding.decode(params, config, tokens, lengths, max_new_tokens=steps,
+                          prefix_lm=prefix_lm, eos_id=None, scan_layers=not scan_layers)
+  np.testing.assert_array_equal(other.tokens, cached.tokens)
   if not scan_layers:
     uncached = decoding.decode(params, config, tokens, lengths, max_new_tokens=steps,
                                prefix_lm=prefix_lm, eos_id=None, use_cache=False)
@@ -163,6 +167,115 @@ def test_eos_stops_each_row():
     assert got.lengths[row] == cut
     assert list(got.tokens[row]) == continuation[:cut] + [decoding.PAD_ID] * (STEPS - cut)
   assert got.lengths[0] == stop_at + 1 < STEPS
+
+
+# ---- stop sequences and batching ----------------------------------------------------------------
+def first_stop_end(texts, tokens, stops):
+  """Reference: how many tokens it takes until their joined text contains a stop (None: never)."""
+  text = ""
+  for count, token in enumerate(tokens, 1):
+    text += texts[token]
+    if any(stop in text for stop in stops):
+      return count
+  return None
+
+
+def test_stop_table_finds_stops_inside_and_across_tokens():
+  texts = ["", "a", "b", "ab", "ba", "aab", "\n", "\n\n", "Q", "Q:", ":", " ", "x\nQ", "abab"]
+  stops = ["\n\nQ:", "abab", "aab", ":"]  # "abab" and "aab" need the matcher's fallbacks
+  table = decoding.stop_table(texts, stops)
+  matched = table.shape[1] - 1
+  rng = np.random.default_rng(0)
+  hits = 0
+  for _ in range(400):
+    tokens = rng.integers(0, len(texts), 10)
+    states, ended = np.zeros(table.shape[0], np.int64), None
+    for count, token in enumerate(tokens, 1):
+      states = table[np.arange(table.shape[0]), states, token]
+      if (states == matched).any():
+        ended = count
+        break
+    assert ended == first_stop_end(texts, tokens, stops), [texts[t] for t in tokens]
+    hits += ended is not None
+  assert 50 < hits < 400  # both outcomes were exercised
+  assert decoding.stop_table(texts, []).shape == (1, 2, len(texts))  # no stop: never matches
+  assert not (decoding.stop_table(texts, []) == 1).any()
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "uncached"])
+def test_stop_sequences_end_each_row_and_the_loop(use_cache):
+  """A row ends with the token that completes a stop (here spanning two tokens), then holds
+  PAD_ID; the loop stops once every row has ended, not after max_new_tokens."""
+  config = micro_config()
+  params = random_params(config)
+  prompts = [reference_prompt(ids, True) for ids in PROMPT_IDS]
+  tokens, lengths = decoding.pad_prompts(prompts, 16)
+  free = [reference_greedy(config, params, p, True, STEPS) for p in prompts]
+  texts = [f"<{i}>" for i in range(config.vocab_size)]
+  # Row 0 stops on its 3rd + 4th tokens together, rows 1 and 2 on one token each.
+  stops = [f"{free[0][2]}><{free[0][3]}>", f"<{free[1][1]}>", f"<{free[2][0]}>"]
+  expected = [first_stop_end(texts, row, stops) or STEPS for row in free]
+  got = decoding.decode(params, config, tokens, lengths, max_new_tokens=STEPS, prefix_lm=True,
+                        eos_id=None, stops=decoding.stop_table(texts, stops),
+                        use_cache=use_cache)
+  assert got.lengths.tolist() == expected
+  for row, continuation in enumerate(free):
+    cut = expected[row]
+    assert got.tokens[row].tolist() == continuation[:cut] + [decoding.PAD_ID] * (STEPS - cut)
+  assert got.steps == max(expected) <= 4 < STEPS
+
+
+def test_generator_cuts_text_at_stops_as_lm_eval_harness_does():
+  """generate(stop_sequences=...) returns each greedy continuation up to its first stop, and
+  decodes fewer steps; without stops it is the reference continuation, over several batches."""
+  config = micro_config()
+  params = random_params(config)
+  spm = vocab.get_vocabulary()
+  generator = generator_lib.Generator(config, params, spm, prefix_lm=True, batch_size=2)
+  prompts = ["Alice lives in Paris.", "What is 12 + 7?", "The pet of Bob is a", "x",
+             "Carol and Dave walk to the market."]
+  references = [spm.decode([t for t in reference_greedy(
+      config, params, reference_prompt(spm.encode(p), True), True, STEPS, eos_id=EOS)
+      if t != EOS]) for p in prompts]
+  assert generator.generate(prompts, max_new_tokens=STEPS) == [[r] for r in references]
+  full_steps = generator.last_stats["decode_steps"]
+  assert generator.last_stats["decode_calls"] == 3  # 5 prompts, 2 rows per call
+
+  stops = sorted({r[2:4] for r in references if len(r) >= 4})
+
+  def until(text):  # lm-eval-harness: text.split(stop)[0] for each stop
+    for stop in stops:
+      text = text.split(stop)[0]
+    return text
+
+  assert all(until(r) != r for r in references if len(r) >= 4)
+  got = generator.generate(prompts, max_new_tokens=STEPS, stop_sequences=stops)
+  assert got == [[until(r)] for r in references]
+  assert generator.last_stats["decode_steps"] < full_steps
+
+
+def test_prompt_buckets_and_batch_plan():
+  assert [generator_lib.bucket_length(n) for n in (1, 17, 64, 65, 81, 129, 513, 933)] == [
+      16, 32, 64, 80, 96, 160, 640, 1024]
+  assert all(n <= generator_lib.bucket_length(n) < 1.25 * n for n in range(65, 5000))
+  assert len({generator_lib.bucket_length(n) for n in range(65, 4097)}) == 24  # 4 per octave
+  # Three short prompts are not padded to the long ones' length: they get a call of their own.
+  lengths = [1000, 10, 1000, 10, 1000, 10, 1000]
+  assert generator_lib.plan_batches(lengths, 4, 8) == [[1, 3, 5], [0, 2, 4, 6]]
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 700, 50).tolist()
+  plan = generator_lib.plan_batches(lengths, 8, 16)
+  assert sorted(i for batch in plan for i in batch) == list(range(50))
+  assert all(len(batch) <= 8 for batch in plan)
+  flat = [lengths[i] for batch in plan for i in batch]
+  assert flat == sorted(lengths)
+
+  def cost(batches):
+    return sum(8 * (generator_lib.bucket_length(max(lengths[i] for i in b)) + 16)
+               for b in batches)
+
+  order = sorted(range(50), key=lambda i: lengths[i])
+  assert cost(plan) <= cost([order[k:k + 8] for k in range(0, 50, 8)])
 
 
 def test_sampling_with_top_k_one_is_greedy():
@@ -315,7 +428,7 @@ def test_causal_prefix_lm_is_prompted_as_its_converter_trained_it(trained_model_
   ids, target = list(spm.encode(prompt)), list(spm.encode(option))
   example = {"inputs": tf.constant(ids + [EOS], tf.int32),
              "targets": tf.constant(target + [EOS], tf.int32)}
-  converter = data.FEATURE_CONVERTERS["prefix_lm_causal"](pack=False)
+  converter = row_layout.RowLayout("prefix_lm_causal").feature_converter(pack=False)
   features = next(iter(converter(tf.data.Dataset.from_tensors(example),
                                  {"inputs": 16, "targets": 16}).as_numpy_iterator()))
   assert "decoder_causal_attention" not in features  # trained causally
@@ -363,6 +476,14 @@ def test_infer_cli_greedy_text_is_the_reference_continuation(trained_model_dir, 
     ids = reference_greedy(micro_config(), saved, reference_prompt(spm.encode(prompt), False),
                            False, STEPS, eos_id=EOS)
     assert record["samples"] == [spm.decode([t for t in ids if t != EOS])]
+  # --stop cuts each continuation before the stop's first occurrence.
+  stop = lines[0]["samples"][0][3:5]
+  code = cli.main(["infer", f"--checkpoint={trained_model_dir}", *[f"--prompt={p}" for p in prompts],
+                   f"--max_new_tokens={STEPS}", "--json", f"--stop={stop}"])
+  assert code == 0
+  stopped = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["samples"] for r in stopped] == [[r["samples"][0].split(stop)[0]] for r in lines]
+  assert len(stopped[0]["samples"][0]) <= 3 < len(lines[0]["samples"][0])
 
 
 def test_infer_cli_self_consistency_votes_over_its_chains(trained_model_dir, capsys):

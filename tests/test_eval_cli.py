@@ -73,3 +73,19 @@ def test_missing_benchmark_files_name_what_is_expected(mmlu_dir, capsys):
   rc = cli.main(["eval", "--checkpoint", "ckpt", "--benchmark", "tydiqa", "--mode", "cot",
                  "--data_dir", str(mmlu_dir)])
   assert rc == 2 and "only with mode direct" in capsys.readouterr().err
+
+
+def test_chat_template_needs_a_vocabulary_that_has_one(trained_model_dir, mmlu_dir, tmp_path,
+                                                        capsys):
+  """The micro model's SentencePiece vocabulary has no chat template: off by default, and asking
+  for it is an error that says why."""
+  rc = cli.main(["eval", "--checkpoint", trained_model_dir, "--benchmark", "mmlu", "--mode",
+                 "direct", "--data_dir", str(mmlu_dir), "--output_dir", str(tmp_path / "out"),
+                 "--max_new_tokens", "2", "--chat_template"])
+  assert rc == 2 and "chat template" in capsys.readouterr().err
+  rc = cli.main(["eval", "--checkpoint", trained_model_dir, "--benchmark", "mmlu", "--mode",
+                 "direct", "--data_dir", str(mmlu_dir), "--output_dir", str(tmp_path / "out"),
+                 "--max_new_tokens", "2"])
+  results = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert rc == 0 and results["tasks"]["mmlu_direct"]["chat_template"] is False
+  assert results["tasks"]["mmlu_direct"]["generation_stopped_early"] is True

@@ -23,6 +23,7 @@ from ul2flan.evaluation import mmlu
 from ul2flan.evaluation import scoring
 from ul2flan.evaluation import suite
 from ul2flan.evaluation import tydiqa
+from ul2flan.hf_vocab import chat_template as chat_template_lib
 
 EVAL_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
 needs_data = pytest.mark.skipif(not EVAL_DIR.is_dir(),
@@ -361,3 +362,79 @@ def test_generator_returning_the_wrong_shape_is_an_error(tmp_path):
 
   with pytest.raises(TypeError, match=r"list\[list\[str\]\]"):
     harness.evaluate_task(Flat(), task)
+
+
+# ------------------------------------------------------------ stops, order, chat template
+
+class StoppingGenerator(FakeGenerator):
+  """A `FakeGenerator` that takes stop sequences, as ul2flan's Generator does."""
+
+  def generate(self, prompts, *, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+               num_samples=1, seed=0, stop_sequences=()):
+    outputs = super().generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed)
+    self.calls[-1].update(prompts=list(prompts), stop_sequences=stop_sequences)
+    return outputs
+
+
+def test_stops_reach_the_generator_and_prompts_go_shortest_first(tmp_path):
+  write_mmlu(tmp_path, {"long": "AB", "s": "BA"})  # "long question" prompts are longer
+  task = mmlu.build_task(str(tmp_path), "direct")
+  generator = StoppingGenerator(lambda p, _: " (A)\nQ: more")
+  result = harness.evaluate_task(generator, task, harness.HarnessConfig(
+      output_dir=str(tmp_path / "out")))
+  (call,) = generator.calls  # batch_size None: the whole task in one call
+  assert call["stop_sequences"] == ("\n",) == tuple(task.stop_sequences)
+  lengths = [len(p) for p in call["prompts"]]
+  assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+  records = [json.loads(line) for line in open(result["predictions_file"])]
+  assert [r["id"] for r in records] == [e.example_id for e in task.examples]  # file order
+  assert [r["prediction"] for r in records] == [" (A)"] * 4  # still cut at the stop
+  assert [r["correct"] for r in records] == [True, False, False, True]
+  assert result["generation_stopped_early"] and not result["chat_template"]
+  # Old generators without `stop_sequences` are called as before; batch_size still splits calls.
+  old = FakeGenerator(lambda p, _: " (B)\nQ: more")
+  result = harness.evaluate_task(old, task, harness.HarnessConfig(batch_size=3))
+  assert [c["batch"] for c in old.calls] == [3, 1]
+  assert not result["generation_stopped_early"] and result["score"] == 50.0
+
+
+class ChatVocabulary:
+  """A vocabulary with a chat template (as `ul2flan.hf_vocab.vocabulary.HfVocabulary` has)."""
+  chat_template = chat_template_lib.ChatTemplate(
+      "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+      "{% if add_generation_prompt %}<|assistant|>{% endif %}", {}, "test template")
+
+  @staticmethod
+  def encode(text):
+    return text.split()
+
+
+def test_chat_template_wraps_prompts_when_the_vocabulary_has_one(tmp_path):
+  write_mmlu(tmp_path, {"s": "A"})
+  task = mmlu.build_task(str(tmp_path), "direct")
+  plain = task.examples[0].prompt()
+  generator = StoppingGenerator(lambda p, _: " (A)")
+  generator.vocabulary = ChatVocabulary()
+
+  def sent(config):
+    generator.calls.clear()
+    result = harness.evaluate_task(generator, task, config)
+    return generator.calls[0]["prompts"][0], result
+
+  prompt, result = sent(harness.HarnessConfig())  # on by default: the vocabulary has one
+  assert prompt == f"<|user|>{plain}<|end|><|assistant|>" and result["chat_template"]
+  prompt, _ = sent(harness.HarnessConfig(chat_system_prompt="Be brief."))
+  assert prompt == f"<|system|>Be brief.<|end|><|user|>{plain}<|end|><|assistant|>"
+  prompt, result = sent(harness.HarnessConfig(chat_template=False))
+  assert prompt == plain and not result["chat_template"]
+  # The budget measures the wrapped prompt: room for the last two exemplars and the chat markers.
+  two = "\n\n".join([task.examples[0].header, *task.examples[0].exemplars[-2:],
+                     task.examples[0].query])
+  budget = len(f"<|user|>{two}<|end|><|assistant|>".split())
+  prompt, _ = sent(harness.HarnessConfig(max_prompt_tokens=budget,
+                                         count_tokens=lambda text: len(text.split())))
+  assert prompt == f"<|user|>{two}<|end|><|assistant|>"
+  with pytest.raises(ValueError, match="chat template"):
+    harness.evaluate_task(StoppingGenerator(lambda p, _: "x"), task,
+                          harness.HarnessConfig(chat_template=True))

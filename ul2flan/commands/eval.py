@@ -2,9 +2,11 @@
 
   ul2flan eval --checkpoint PATH --benchmark {mmlu,bbh,tydiqa,mgsm,all} --data_dir DIR
       [--mode direct|cot|both] [--output_dir DIR] [--batch_size N] [--max_examples N]
-      [--self_consistency N] [--gin_file FILE ...] [--gin.NAME=VALUE ...]
+      [--self_consistency N] [--[no-]chat_template] [--gin_file FILE ...] [--gin.NAME=VALUE ...]
 
-The data is checked before the checkpoint is loaded, so a wrong --data_dir fails in seconds.
+The data is checked before the checkpoint is loaded, so a wrong --data_dir fails in seconds. Each
+task's prompts go to the generator in one call, so it can batch them by length; generation stops
+at the task's stop sequences (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--output_dir", default=None,
                       help="Where results.json and <task>.predictions.jsonl go "
                            "(default: <checkpoint>/eval).")
-  parser.add_argument("--batch_size", type=int, default=16, help="Prompts per generate call.")
+  parser.add_argument("--batch_size", type=int, default=16,
+                      help="Prompts decoded together (rows of one decode call).")
   parser.add_argument("--max_examples", type=int, default=None,
                       help="Evaluate only the first N examples of each subtask (quick runs).")
   parser.add_argument("--self_consistency", type=int, default=1,
@@ -49,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--mmlu_cot_prompts", default=None,
                       help="JSON subject -> CoT prompt text (e.g. the Flan mmlu-cot.json); "
                            "without it MMLU CoT uses the dev exemplars with answers only.")
+  parser.add_argument("--chat_template", action=argparse.BooleanOptionalAction, default=None,
+                      help="Send prompts through the tokenizer's chat template as one user turn "
+                           "(default: when the model's vocabulary has one).")
+  parser.add_argument("--chat_system_prompt", default=None,
+                      help="System turn for the chat template (default: the template's own).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="Gin file(s) of the model, for building the generator.")
@@ -58,10 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   # Settings and data are checked before the (slow) checkpoint load.
   try:
+    if args.batch_size < 1:
+      raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     config = harness.HarnessConfig(
-        batch_size=args.batch_size, max_examples_per_subtask=args.max_examples,
+        batch_size=None, max_examples_per_subtask=args.max_examples,
         self_consistency=args.self_consistency, sc_temperature=args.sc_temperature,
-        sc_top_k=args.sc_top_k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        sc_top_k=args.sc_top_k, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        chat_template=args.chat_template, chat_system_prompt=args.chat_system_prompt)
     tasks = suite.build_tasks(args.data_dir, args.benchmark, args.mode,
                               mmlu_split=args.mmlu_split, mmlu_cot_prompts=args.mmlu_cot_prompts)
   except common.EvalDataError as e:
@@ -71,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
       logger.warning("%s: no data for %d subtasks: %s", task.name, len(task.missing),
                       ", ".join(task.missing))
 
-  generator = infer.load_generator(args)
+  generator = infer.load_generator(args, batch_size=args.batch_size)
   # A generator that knows its input length limit says so; the flag overrides it.
   output_dir = args.output_dir or os.path.join(args.checkpoint, "eval")
   config = dataclasses.replace(harness.fitted_to(config, generator, args.max_prompt_tokens),

@@ -2,6 +2,7 @@
 
   ul2flan infer --checkpoint PATH --prompt TEXT [--prompt TEXT ...] [--max_new_tokens N]
       [--temperature T] [--top_k K] [--top_p P] [--num_samples N] [--self_consistency]
+      [--stop TEXT ...]
       [--gin_file FILE ...] [--gin.NAME=VALUE ...] [--prefix_lm | --no-prefix_lm] [--json]
 
 Without gin files the model is described by the run.json the trainer wrote into the model dir,
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="Continuations per prompt (default 1; 40 with --self_consistency).")
   parser.add_argument("--self_consistency", action="store_true",
                       help="Majority-vote the answers extracted from the sampled chains.")
+  parser.add_argument("--stop", action="append", default=[],
+                      help="Stop sequence (repeatable): generation ends at the first one, and "
+                           "the text is cut there.")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=16, help="Sequences per decode call.")
   parser.add_argument("--prefix_lm", action=argparse.BooleanOptionalAction, default=None,
@@ -106,7 +110,8 @@ def load_generator(args: argparse.Namespace, **kwargs) -> generator_lib.Generato
 def run(args: argparse.Namespace) -> int:
   settings = sampling_settings(args)
   generator = load_generator(args, prefix_lm=args.prefix_lm, batch_size=args.batch_size)
-  common = dict(max_new_tokens=args.max_new_tokens, top_p=settings["top_p"], seed=args.seed)
+  common = dict(max_new_tokens=args.max_new_tokens, top_p=settings["top_p"], seed=args.seed,
+                stop_sequences=tuple(args.stop))
   if args.self_consistency:
     voted = self_consistency.self_consistency(
         generator, args.prompt, num_samples=settings["num_samples"],

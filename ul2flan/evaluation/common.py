@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 BLOCK_SEPARATOR = "\n\n"
 
 TokenCounter = Callable[[str], int]
+PromptWrapper = Callable[[str], str]  # prompt text -> what the model reads (e.g. a chat turn)
 
 
 class EvalDataError(ValueError):
@@ -65,22 +66,27 @@ class FittedPrompt:
 
 
 def fit_prompt(example: EvalExample, count_tokens: TokenCounter | None,
-               max_prompt_tokens: int | None) -> FittedPrompt:
+               max_prompt_tokens: int | None, wrap: PromptWrapper | None = None) -> FittedPrompt:
   """The prompt with as many exemplars as fit in `max_prompt_tokens`, dropping from the front.
 
-  Text is never cut mid-way: a prompt that does not fit even without exemplars is returned whole
-  and flagged, so the caller can report it instead of silently scoring a mangled question.
+  `wrap` (e.g. a chat template's user turn) is applied to the prompt, and the wrapped text is
+  what is measured and returned. Text is never cut mid-way: a prompt that does not fit even
+  without exemplars is returned whole and flagged, so the caller can report it instead of
+  silently scoring a mangled question.
   """
+  def text_of(num: int) -> str:
+    return wrap(example.prompt(num)) if wrap else example.prompt(num)
+
   total = len(example.exemplars)
   if max_prompt_tokens is None:
-    return FittedPrompt(example.prompt(total), total, over_budget=False)
+    return FittedPrompt(text_of(total), total, over_budget=False)
   if count_tokens is None:
     raise ValueError("max_prompt_tokens needs a count_tokens callable to measure prompts.")
   for num in range(total, -1, -1):
-    text = example.prompt(num)
+    text = text_of(num)
     if count_tokens(text) <= max_prompt_tokens:
       return FittedPrompt(text, num, over_budget=False)
-  return FittedPrompt(example.prompt(0), 0, over_budget=True)
+  return FittedPrompt(text_of(0), 0, over_budget=True)
 
 
 AnswerExtractor = Callable[[str, EvalExample], str]
@@ -100,7 +106,8 @@ class EvalTask:
     is_correct: canonical answer -> whether it matches the example's golds.
     subtask_chance: score (0-100) of random guessing per subtask, for the normalized score.
     max_new_tokens: default generation length.
-    stop_sequences: the continuation is cut at the first of these (the generator has no stops).
+    stop_sequences: generation ends at the first of these (lm-eval-harness's `until`): the
+      generator stops there when it takes stops, and the continuation is cut there either way.
     excluded_from_mean: subtasks scored and reported but left out of the benchmark mean.
     missing: subtasks the protocol wants whose files were not found (reported, not fatal).
   """

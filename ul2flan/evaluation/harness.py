@@ -1,7 +1,11 @@
 """The evaluation harness: prompts a `Generator` in batches, scores, and writes predictions.
 
 The model is reached only through the `Generator` protocol (text in, text out), so the harness
-runs the same against the real KV-cache decoder and the fakes the tests use.
+runs the same against the real KV-cache decoder and the fakes the tests use. A generator whose
+`generate` takes `stop_sequences` is given the task's stops, so it can stop early; every
+continuation is cut at them here too, as lm-eval-harness's `until` does. Prompts go to the
+generator sorted by length (a batch of similar lengths pads least), in as few calls as
+`batch_size` allows, and through the model's chat template when its vocabulary has one.
 
 Per task it writes `<output_dir>/<task>.predictions.jsonl` (prompt, prediction, extracted answer,
 gold, correct) and returns a result dict; `run_suite` adds the Flan normalized average and writes
@@ -11,6 +15,7 @@ gold, correct) and returns a result dict; `run_suite` adds the Flan normalized a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -33,7 +38,8 @@ class Generator(Protocol):
                seed: int = 0) -> list[list[str]]:
     """For each prompt, `num_samples` continuations (text only, prompt not repeated).
 
-    temperature 0 means greedy decoding.
+    temperature 0 means greedy decoding. A generator may also take `stop_sequences` (a tuple of
+    strings): it may then end a continuation at the first one.
     """
 
 
@@ -42,7 +48,8 @@ class HarnessConfig:
   """How to run tasks.
 
   Attributes:
-    batch_size: prompts per `generate` call.
+    batch_size: prompts per `generate` call; None: all of a task's prompts in one call (what a
+      generator that batches by length itself, as ul2flan's does, pads least with).
     max_examples_per_subtask: keep only the first N examples of each subtask (quick runs).
     max_prompt_tokens: token budget of a prompt; exemplars are dropped from the front to fit.
     count_tokens: measures a prompt in tokens; required with `max_prompt_tokens`.
@@ -51,8 +58,11 @@ class HarnessConfig:
     max_new_tokens: overrides every task's own generation length when set.
     seed: sampling seed passed to the generator (offset per batch).
     output_dir: where predictions JSONL and results JSON go (None: nothing is written).
+    chat_template: send each prompt as one user turn of the chat template of the generator's
+      vocabulary, ending with the assistant's header; None: when the vocabulary has one.
+    chat_system_prompt: a system turn for the chat template (None: the template's default).
   """
-  batch_size: int = 16
+  batch_size: int | None = None
   max_examples_per_subtask: int | None = None
   max_prompt_tokens: int | None = None
   count_tokens: common.TokenCounter | None = None
@@ -63,9 +73,11 @@ class HarnessConfig:
   max_new_tokens: int | None = None
   seed: int = 0
   output_dir: str | None = None
+  chat_template: bool | None = None
+  chat_system_prompt: str | None = None
 
   def __post_init__(self):
-    if self.batch_size < 1:
+    if self.batch_size is not None and self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
     if self.self_consistency < 1:
       raise ValueError(f"self_consistency must be >= 1, got {self.self_consistency}")
@@ -102,6 +114,35 @@ def fitted_to(config: HarnessConfig, generator: object,
                              count_tokens=count_tokens if budget is not None else None)
 
 
+def chat_template_of(generator: object):
+  """The chat template of the generator's vocabulary (`ul2flan.hf_vocab`), or None."""
+  return getattr(getattr(generator, "vocabulary", None), "chat_template", None)
+
+
+def prompt_wrapper(generator: object, config: HarnessConfig) -> common.PromptWrapper | None:
+  """How prompt text becomes what the model reads: the chat template's user turn, or as is."""
+  template = chat_template_of(generator)
+  if config.chat_template is False or (config.chat_template is None and template is None):
+    return None
+  if template is None:
+    raise ValueError("chat_template=True needs a generator whose vocabulary has a chat template "
+                     "(a Hugging Face tokenizer with `chat_template`)")
+  system = ([{"role": "system", "content": config.chat_system_prompt}]
+            if config.chat_system_prompt else [])
+  return lambda text: template.render(system + [{"role": "user", "content": text}],
+                                      add_generation_prompt=True)
+
+
+def takes_stop_sequences(generator: object) -> bool:
+  """Whether `generator.generate` accepts `stop_sequences` (older generators do not)."""
+  try:
+    parameters = inspect.signature(generator.generate).parameters
+  except (TypeError, ValueError):
+    return False
+  return "stop_sequences" in parameters or any(
+      p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def select_examples(task: common.EvalTask,
                     max_per_subtask: int | None) -> list[common.EvalExample]:
   """The task's examples, at most `max_per_subtask` (the first ones) from each subtask."""
@@ -124,8 +165,9 @@ def _sampling_settings(task: common.EvalTask, config: HarnessConfig) -> dict[str
 
 
 def _generate_batch(generator: Generator, prompts: list[str], sampling: dict[str, Any],
-                    max_new_tokens: int, seed: int) -> list[list[str]]:
-  outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, seed=seed, **sampling)
+                    max_new_tokens: int, seed: int, **stops) -> list[list[str]]:
+  outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, seed=seed, **sampling,
+                               **stops)
   if any(not isinstance(o, (list, tuple)) or not all(isinstance(t, str) for t in o)
          for o in outputs):
     raise TypeError("Generator.generate must return one list of strings per prompt "
@@ -163,20 +205,27 @@ def evaluate_task(generator: Generator, task: common.EvalTask,
     raise ValueError(f"Task {task.name} has no examples to evaluate.")
   sampling = _sampling_settings(task, config)
   max_new_tokens = config.max_new_tokens or task.max_new_tokens
-  fitted = [common.fit_prompt(e, config.count_tokens, config.max_prompt_tokens) for e in examples]
+  wrap = prompt_wrapper(generator, config)
+  fitted = [common.fit_prompt(e, config.count_tokens, config.max_prompt_tokens, wrap)
+            for e in examples]
+  stops = ({"stop_sequences": tuple(task.stop_sequences)} if takes_stop_sequences(generator)
+           else {})
 
-  records = []
   start = time.perf_counter()
-  for batch_start in range(0, len(examples), config.batch_size):
-    batch = range(batch_start, min(batch_start + config.batch_size, len(examples)))
+  # Shortest first: a call (and the generator's batches within it) gets prompts of like length.
+  order = sorted(range(len(fitted)), key=lambda i: len(fitted[i].text))
+  call_size = config.batch_size or len(order)
+  continuations: list[list[str]] = [[] for _ in fitted]
+  for begin in range(0, len(order), call_size):
+    batch = order[begin:begin + call_size]
     outputs = _generate_batch(generator, [fitted[i].text for i in batch], sampling,
-                              max_new_tokens, seed=config.seed + batch_start)
-    for i, continuations in zip(batch, outputs):
-      example = examples[i]
-      records.append({
-          "task": task.name, "subtask": example.subtask, "id": example.example_id,
-          "prompt": fitted[i].text, "num_exemplars": fitted[i].num_exemplars,
-          **_score_example(task, example, continuations)})
+                              max_new_tokens, seed=config.seed + begin, **stops)
+    for i, output in zip(batch, outputs):
+      continuations[i] = output
+  records = [{"task": task.name, "subtask": example.subtask, "id": example.example_id,
+              "prompt": fitted[i].text, "num_exemplars": fitted[i].num_exemplars,
+              **_score_example(task, example, continuations[i])}
+             for i, example in enumerate(examples)]
   seconds = time.perf_counter() - start
 
   result = summarize(task, records)
@@ -186,6 +235,9 @@ def evaluate_task(generator: Generator, task: common.EvalTask,
       "num_over_budget_prompts": sum(f.over_budget for f in fitted),
       "num_samples": sampling["num_samples"],
       "temperature": sampling["temperature"],
+      "chat_template": wrap is not None,
+      "stop_sequences": list(task.stop_sequences),
+      "generation_stopped_early": bool(stops),
   })
   if config.output_dir:
     result["predictions_file"] = write_predictions(config.output_dir, task.name, records)
