@@ -218,6 +218,86 @@ def test_knowledge_check_ranks_every_value_of_the_attribute(prefix_lm):
   assert model.calls == [("score_ids", prefix_lm)]
 
 
+def _knowledge_prompts(before=(), after=()):
+  return {tuple([*before, *VOCAB.encode(it["prompt"]), *after]): it
+          for it in probes.knowledge_items("corpus") + probes.knowledge_items("heldout")}
+
+
+def test_knowledge_is_read_after_the_sentinel_of_an_s_layout_that_has_one():
+  """S with sentinel 0 (T5's span layout, one span at the end): inputs `[S2S] text <s0>`, targets
+  `<s0> value ...`; the value is scored after the sentinel."""
+  s0 = VOCAB.vocab_size - 1
+  items = _knowledge_prompts(VOCAB.encode("[S2S]"), [s0])
+
+  def id_scores(prompt, target):
+    it = items[tuple(prompt)]  # KeyError if the prompt is not `[S2S] text <s0>`
+    assert target[0] == s0
+    return 0.0 if VOCAB.decode(target[1:]).rstrip(".") == it["gold"] else -3.0
+  model = StubModel(prefix_lm=True, id_scores=id_scores)
+  layout = evaluate.continuation_layout(model, s_sentinel=True)
+  assert layout == evaluate.Layout(tuple(VOCAB.encode("[S2S]")), (s0,), (s0,))
+  metrics, _ = evaluate.knowledge_check(model, layout=layout)
+  assert metrics["knowledge_corpus_accuracy"] == metrics["knowledge_heldout_accuracy"] == 100
+
+
+def test_a_prefix_lm_is_also_read_causally():
+  """Through `[S2S]` this stub prefers a wrong value; the same stub read causally (plain text, no
+  EOS, causal attention) prefers the gold: the causal reading reports the knowledge."""
+  s2s = VOCAB.encode("[S2S]")
+  layouts = {**{k: ("s2s", it) for k, it in _knowledge_prompts(s2s).items()},
+             **{k: ("causal", it) for k, it in _knowledge_prompts().items()}}
+
+  def id_scores(prompt, target):
+    how, it = layouts[tuple(prompt)]
+    wanted = it["gold"] if how == "causal" else next(v for v in it["pool"] if v != it["gold"])
+    return 0.0 if VOCAB.decode(target).rstrip(".") == wanted else -3.0
+  model = StubModel(prefix_lm=True, id_scores=id_scores)
+  as_trained, _ = evaluate.knowledge_check(model)
+  causal, _ = evaluate.knowledge_check(evaluate.causal_view(model), layout=evaluate.Layout())
+  assert as_trained["knowledge_corpus_accuracy"] == 0 and causal["knowledge_corpus_accuracy"] == 100
+  assert model.calls == [("score_ids", True), ("score_ids", False)]
+  assert model.prefix_lm and model.prompt_eos  # the view is a copy
+
+
+def test_the_s_layout_is_read_from_the_config_the_model_was_trained_with(tmp_path):
+  assert not evaluate.trained_s_sentinel(tmp_path)  # nothing saved: UL2's S, no sentinel
+  config = tmp_path / "config.operative.gin"
+  config.write_text("ul2r_preset.rates = (0.5, 0.25, 0.25)\nul2r_preset.s_sentinel = False\n")
+  assert not evaluate.trained_s_sentinel(tmp_path)
+  config.write_text("# Parameters for ul2r_preset:\nul2r_preset.s_sentinel = True\n")
+  assert evaluate.trained_s_sentinel(tmp_path)
+
+
+def test_layout_reads_the_answer_after_its_leading_ids_up_to_eos():
+  s0 = VOCAB.vocab_size - 1
+  layout = evaluate.Layout((9,), (s0,), (s0,))
+  assert layout.prompt([5, 6]) == [9, 5, 6, s0]
+  assert layout.read([s0, 7, 8, EOS, 4], EOS) == [7, 8]
+  assert layout.read([7, 8], EOS) == [7, 8]  # a model that skips the sentinel is still read
+  assert evaluate.Layout().read([7, EOS], EOS) == [7]
+
+
+def test_u_model_gets_heldout_questions_as_s_denoiser_inputs():
+  s0 = VOCAB.vocab_size - 1
+  layout = evaluate.s_denoiser_layout(VOCAB, sentinel=True)
+  examples = [_example("demo_heldout_a", "Where is the key?", ["box", "bag"], "box", 50),
+              _example("demo_heldout_a", "Who has it?", ["Olga", "Omar"], "Omar", 50)]
+  prompts = {tuple(layout.prompt(VOCAB.encode(e["inputs"]))): e for e in examples}
+  answers = {"Where is the key?": "box", "Who has it?": "Olga"}
+
+  def infills(prompt):
+    return [s0, *VOCAB.encode(answers[prompts[tuple(prompt)]["inputs"]]), EOS, 5]
+
+  def id_scores(prompt, target):
+    assert target[0] == s0 and target[-1] == EOS
+    return 0.0 if VOCAB.decode(target[1:-1]) == prompts[tuple(prompt)]["targets"] else -2.0
+  model = StubModel(prefix_lm=True, infills=infills, id_scores=id_scores)
+  out = evaluate.heldout_eval(model, examples, max_new_tokens=4, layout=layout)
+  assert [r["prediction"] for r in out["rows"]] == ["box", "Olga"]
+  assert [r["correct"] for r in out["rows"]] == [True, False]
+  assert [r["rank_correct"] for r in out["rows"]] == [True, True]
+
+
 def _result(gen, infill, knowledge=50.0):
   return {"metrics": {"heldout_generation_normalized": gen, "heldout_rank_normalized": gen / 2,
                       "infilling_context_accuracy": infill, "infilling_fact_accuracy": 0.0,
@@ -251,6 +331,26 @@ def test_report_json_over_seeds_has_mean_min_max(tmp_path):
   # Flan-U - Flan: +4, +5, -3: not every seed.
   assert "Flan-U-base is at least as good as Flan-base (held-out gen, normalized): 30.0 vs " \
          "28.0 (difference +2.0; not every seed, not larger than the spread) -> NOT shown" in text
+
+
+def test_report_states_the_ul2r_claims_against_their_targets():
+  """Knowledge: U-base at least 90% of the base's on every seed, read as trained and causally;
+  greedy infilling: U-base - base at least +30 (with one seed, +30 is above the 5-point bar)."""
+  def result(knowledge, causal, infill):
+    return {"metrics": {"knowledge_corpus_accuracy": knowledge,
+                        "knowledge_heldout_accuracy": knowledge / 2,
+                        "knowledge_causal_corpus_accuracy": causal,
+                        "knowledge_causal_heldout_accuracy": causal / 2,
+                        "infilling_context_accuracy": infill}}
+  by_seed = {0: {"base": result(100.0, 100.0, 0.0), "ul2r": result(26.0, 98.0, 35.0)}}
+  notes = "\n".join(evaluate.demo_report.direction_notes(
+      pipeline_report.summarize_seeds(by_seed)))
+  assert ("UL2R keeps the base's knowledge, read as trained (corpus phrasing): U-base vs base: "
+          "26.0 vs 100.0 (ratio 0.26 at worst, target 0.90 on every seed) -> NOT shown") in notes
+  assert ("UL2R keeps the base's knowledge, read causally (new phrasing): U-base vs base: 49.0 vs "
+          "50.0 (ratio 0.98 at worst, target 0.90 on every seed) -> shown.") in notes
+  assert ("U-base vs base: 35.0 vs 0.0 (difference +35.0, target +30; one seed: must exceed +30) "
+          "-> shown.") in notes
 
 
 def test_single_seed_report_json_is_metrics_by_name(tmp_path):

@@ -302,6 +302,28 @@ def test_prefix_lm_reconstructs_and_follows_the_target_fraction(
     assert np.median(fractions) == pytest.approx(0.25, abs=0.01)
 
 
+@pytest.mark.parametrize("fill_rows", [True, False])
+def test_prefix_lm_with_sentinel_is_one_span_at_the_end(fill_rows, vocabulary, corpus_tokens):
+  """`Denoiser.sentinel` (T5's span layout for S): inputs `[S2S] prefix <s0> EOS`, targets
+  `<s0> rest EOS`, sentinel 0 = the vocabulary's last id; the text still tiles the corpus and
+  the example still fits its row (or its two lengths)."""
+  d = denoisers.Denoiser("S", 1.0, "[S2S]", target_fraction=0.25, sentinel=True)
+  assert d.name == "S(frac=0.25,sentinel)"
+  mode, s0 = vocabulary.encode("[S2S]"), vocabulary.vocab_size - 1
+  examples = examples_of(single(d, 128, 128, fill_rows=fill_rows), 300)
+  segments = []
+  for ex in examples:
+    inputs, targets = ex["inputs"].tolist(), ex["targets"].tolist()
+    assert inputs[:len(mode)] == mode and inputs[-2:] == [s0, EOS]
+    assert targets[0] == s0 and targets[-1] == EOS
+    assert fits(ex, 128, 128, fill_rows)
+    segments.append(inputs[len(mode):-2] + targets[1:-1])
+    assert s0 not in segments[-1]
+  assert assert_segments_tile_the_stream(segments, corpus_tokens) == len(segments)
+  if fill_rows:  # the row is full: text, mode token, two sentinels and two EOS
+    assert {len(ex["inputs"]) + len(ex["targets"]) for ex in examples} == {256}
+
+
 # ------------------------------------------------------------------------------------------------
 # The mixture.
 
@@ -418,6 +440,7 @@ def test_runtime_sequence_length_replaces_the_registered_lengths(vocabulary):
     (dict(kind="X", rate=1.0, mode_token="", corruption_rate=1.0), "corruption_rate"),
     (dict(kind="S", rate=1.0, mode_token="", target_fraction=1.5), "target_fraction"),
     (dict(kind="S", rate=0.0, mode_token=""), "rate"),
+    (dict(kind="R", rate=1.0, mode_token="", sentinel=True), "sentinel"),
 ])
 def test_bad_denoiser_configs_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -33,7 +33,9 @@ def setup(tmp_path_factory):
     for text in corpus:
       f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
   vocab = hf_tokenizer.HfVocabulary(dirs["llama3"])
-  ul2_tasks.register_ul2_task(TASK, ul2_sources.jsonl_source(path), "UL2R", vocabulary=vocab,
+  # No held-out slice, so that train is the whole file, in order (the slice: test_corpus_sources).
+  source = ul2_sources.jsonl_source(path, holdout_every=None)
+  ul2_tasks.register_ul2_task(TASK, source, "UL2R", vocabulary=vocab,
                               inputs_length=128, targets_length=128, overwrite=True)
   tok = Tokenizer.from_file(os.path.join(dirs["llama3"], "tokenizer.json"))
   bos = tok.token_to_id("<|begin_of_text|>")

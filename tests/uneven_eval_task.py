@@ -1,8 +1,8 @@
-"""`uneven_eval`: 15 pre-tokenized examples, so two data shards hold 8 and 7 of them.
+"""`uneven_eval`: 17 pre-tokenized examples, so two data shards hold 9 and 8 of them.
 
-With 4 rows per shard and per batch (BATCH_SIZE=8, 2 shards), shard 0 yields 2 full batches and
-shard 1 only 1: two processes run out of eval data at different steps. Each example (40..60
-tokens + EOS) fills its own 64-token row, even packed.
+With 4 rows per shard and per batch (BATCH_SIZE=8, 2 shards), shard 0 yields 3 batches (the last
+one short: 1 row) and shard 1 only 2: two processes run out of eval data at different steps. Each
+example (40..60 tokens + EOS) fills its own 64-token row, even packed.
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ import tensorflow as tf
 from ul2flan import registration
 from ul2flan import vocabularies
 
-NUM_EXAMPLES = 15
+NUM_EXAMPLES = 17
 LENGTHS = [40 + (7 * i) % 21 for i in range(NUM_EXAMPLES)]
 
 

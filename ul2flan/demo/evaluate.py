@@ -1,18 +1,24 @@
 """The demo's evaluator ("demo", registered with `ul2flan.pipeline.evaluators` on import):
 knowledge, held-out tasks, infilling.
 
-Every model is prompted in the layout it was trained in (the `Generator` reads it from run.json:
-a causal LM gets `BOS ids`, a prefix LM and a causal prefix LM such as Flan-base `BOS ids EOS`).
+Every model is prompted, and its answer read, in the layout it was trained in (the `Generator`
+reads the row layout from run.json: a causal LM gets `BOS ids`, a prefix LM and a causal prefix
+LM such as Flan-base `BOS ids EOS`; `Layout` adds what UL2R's S denoiser puts around a text: its
+mode token, and sentinel 0 where the S layout has one, after which the answer is read).
 What is measured (`result["metrics"]`, one flat dict per model; `probes` defines the items):
 
 * Knowledge check (`knowledge_*`): cloze accuracy, the true value ranked by log-likelihood among
   every value of its attribute. Causal models continue the text; a prefix LM gets it as the
-  S denoiser's inputs (`[S2S]` + text, then the value after the EOS).
+  S denoiser's inputs (`[S2S]` + text, then the value after the EOS). A prefix LM is also read
+  causally (`knowledge_causal_*`: the same weights as the causal LM they were pre-trained as, no
+  mode token, no EOS, causal attention), which tells lost knowledge from a layout it cannot
+  yet answer in.
 * Held-out tasks (`heldout_*`, `demo_heldout`, never trained on): greedy generation, the answer
   extracted as the Flan harness does ("... the answer is X", else the first line), exact match;
   and rank classification (the option with the highest log-likelihood). Per task, accuracy and
   the Flan paper's chance-normalized score; `heldout_valid_answer_rate` is how often the
-  generated answer is one of the listed options at all.
+  generated answer is one of the listed options at all. The U-model (UL2R's output, trained only
+  on mode-token rows) gets the question as S inputs too; Flan models as Flan trained them.
 * Infilling (`infilling_context_*`, `infilling_fact_*`): the R denoiser's inputs with one span
   replaced by sentinel 0; the model must write that span after `<extra_id_0>`. Also by rank
   (`infilling_*_rank_accuracy`): the gold span among other values of its kind, each scored as
@@ -24,8 +30,11 @@ The model is reached only through `generate`, `generate_ids`, `score_options` an
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
+import re
 import time
 from typing import Sequence
 
@@ -61,30 +70,82 @@ def ranked_choice(options: Sequence[str], log_likelihoods: Sequence[float]) -> s
   return options[max(range(len(options)), key=lambda i: log_likelihoods[i])] if options else ""
 
 
+# ---- reading a model in its training layout ------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What goes around a text in a prompt, and where the model's answer starts.
+
+  `before` / `after`: ids around the text's own ids (UL2R's S denoiser: its mode token before,
+  and sentinel 0 after where its inputs end with one); `answer`: the ids its targets begin with
+  (that sentinel), which the answer follows. The generator adds the row layout itself (BOS, the
+  EOS that ends a prefix LM's inputs).
+  """
+  before: tuple[int, ...] = ()
+  after: tuple[int, ...] = ()
+  answer: tuple[int, ...] = ()
+
+  def prompt(self, ids: Sequence[int]) -> list[int]:
+    return [*self.before, *ids, *self.after]
+
+  def read(self, tokens: Sequence[int], eos_id: int) -> list[int]:
+    """The answer in generated tokens: after the leading `answer` ids if written, up to EOS."""
+    tokens = list(tokens)
+    if self.answer and tokens[:len(self.answer)] == list(self.answer):
+      tokens = tokens[len(self.answer):]
+    return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
+
+
+def s_denoiser_layout(vocabulary, sentinel: bool = False) -> Layout:
+  """A text continued as UL2R's S denoiser lays out its rows: the mode token, the text, then
+  (`sentinel`: its inputs end and its targets start with sentinel 0) the answer after it."""
+  first = tuple(vocabularies.sentinel_ids(vocabulary)[:1]) if sentinel else ()
+  return Layout(tuple(vocabulary.encode(probes.mode_token("S"))), first, first)
+
+
+def trained_s_sentinel(model_dir) -> bool:
+  """Whether the model in `model_dir` was trained with S laid out with sentinel 0: the operative
+  gin config its trainer saved binds `ul2r_preset.s_sentinel` (or `ul2_preset.`) to True."""
+  path = paths.resolve(model_dir) / "config.operative.gin"
+  if not path.exists():
+    return False
+  return re.search(r"^(?:\S*/)?ul2r?_preset\.s_sentinel\s*=\s*True\s*$", path.read_text(),
+                   re.M) is not None
+
+
+def causal_view(gen):
+  """The same weights read as the causal LM they were pre-trained as: causal attention, no EOS
+  after the prompt (a U-model's or a Flan model's knowledge, apart from its new layout)."""
+  view = copy.copy(gen)
+  view.prefix_lm, view.prompt_eos = False, False
+  return view
+
+
 # ---- knowledge ----------------------------------------------------------------------------------
-def continuation_prompt_ids(gen, text: str) -> tuple[list[int], bool]:
-  """(prompt ids, prompt_eos) for continuing `text`: a prefix LM as the S denoiser's inputs, any
-  causal model (a causal prefix LM included) as the causal LM it was pre-trained as."""
-  ids = list(gen.vocabulary.encode(text))
-  if gen.prefix_lm:
-    return list(gen.vocabulary.encode(probes.mode_token("S"))) + ids, True
-  return ids, False
+def continuation_layout(gen, s_sentinel: bool = False) -> Layout:
+  """How `gen` continues a text: a prefix LM as the S denoiser's inputs (its answer read after
+  the sentinel where the S layout has one), any causal model (a causal prefix LM included) as
+  the causal LM it was pre-trained as."""
+  return s_denoiser_layout(gen.vocabulary, s_sentinel) if gen.prefix_lm else Layout()
 
 
-def knowledge_check(gen, max_people: int | None = None) -> tuple[dict, list[dict]]:
+def knowledge_check(gen, max_people: int | None = None, layout: Layout | None = None
+                    ) -> tuple[dict, list[dict]]:
   """Cloze accuracy per phrasing (`corpus`, `heldout`) and attribute, and its normalized form;
-  over the first `max_people` people of the world (None: all), every attribute of each."""
+  over the first `max_people` people of the world (None: all), every attribute of each. Each
+  value is scored after the layout's `answer` ids (the same for every value, so they do not
+  change the ranking); `layout` defaults to `continuation_layout(gen)`."""
   vocab = gen.vocabulary
+  layout = continuation_layout(gen) if layout is None else layout
   items = probes.knowledge_items("corpus") + probes.knowledge_items("heldout")
   people = list(dict.fromkeys(it["name"] for it in items))[:max_people]
   items = [it for it in items if it["name"] in people]
-  prompts, targets, eos = [], [], None
+  prompts, targets = [], []
   for it in items:
-    ids, eos = continuation_prompt_ids(gen, it["prompt"])
+    ids = layout.prompt(vocab.encode(it["prompt"]))
     for value in it["pool"]:
       prompts.append(ids)
-      targets.append(list(vocab.encode(f"{value}.")))
-  flat = gen.score_ids(prompts, targets, prompt_eos=eos)
+      targets.append([*layout.answer, *vocab.encode(f"{value}.")])
+  flat = gen.score_ids(prompts, targets, prompt_eos=gen.prefix_lm)
   rows, k = [], 0
   for it in items:
     choice = ranked_choice(it["pool"], flat[k:k + len(it["pool"])])
@@ -105,12 +166,17 @@ def knowledge_check(gen, max_people: int | None = None) -> tuple[dict, list[dict
 
 
 # ---- held-out tasks -----------------------------------------------------------------------------
-def heldout_eval(gen, examples: Sequence[dict], max_new_tokens: int) -> dict:
-  """Held-out tasks by generation and by rank classification: rows, per-task and averages."""
-  preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
-                                      max_new_tokens=max_new_tokens)]
-  scores = gen.score_options([e["inputs"] for e in examples],
-                             [list(e["options"]) for e in examples])
+def heldout_eval(gen, examples: Sequence[dict], max_new_tokens: int,
+                 layout: Layout | None = None) -> dict:
+  """Held-out tasks by generation and by rank classification: rows, per-task and averages.
+  With a `layout` (a U-model's S denoiser), questions are laid out and answers read by it."""
+  if layout is None or layout == Layout():
+    preds = [c[0] for c in gen.generate([e["inputs"] for e in examples],
+                                        max_new_tokens=max_new_tokens)]
+    scores = gen.score_options([e["inputs"] for e in examples],
+                               [list(e["options"]) for e in examples])
+  else:
+    preds, scores = _heldout_in_layout(gen, examples, max_new_tokens, layout)
   rows = []
   for e, p, ll in zip(examples, preds, scores):
     ranked, extracted = ranked_choice(e["options"], ll), extract_answer(p)
@@ -141,6 +207,23 @@ def heldout_eval(gen, examples: Sequence[dict], max_new_tokens: int) -> dict:
     metrics[f"heldout_{short}_generation_accuracy"] = t["accuracy"]
     metrics[f"heldout_{short}_rank_accuracy"] = t["rank_accuracy"]
   return {"rows": rows, "tasks": tasks, "metrics": metrics}
+
+
+def _heldout_in_layout(gen, examples: Sequence[dict], max_new_tokens: int,
+                       layout: Layout) -> tuple[list[str], list[list[float]]]:
+  """(greedy answers, option log-likelihoods) with questions laid out by `layout`."""
+  vocab, eos = gen.vocabulary, gen.vocabulary.eos_id
+  prompts = [layout.prompt(vocab.encode(e["inputs"])) for e in examples]
+  outs = gen.generate_ids(prompts, max_new_tokens=max_new_tokens + len(layout.answer))
+  preds = [vocab.decode(layout.read(o, eos)) for o in outs]
+  flat_prompts = [p for p, e in zip(prompts, examples) for _ in e["options"]]
+  flat_targets = [[*layout.answer, *vocab.encode(o), eos] for e in examples for o in e["options"]]
+  flat = gen.score_ids(flat_prompts, flat_targets)
+  scores, k = [], 0
+  for e in examples:
+    scores.append(flat[k:k + len(e["options"])])
+    k += len(e["options"])
+  return preds, scores
 
 
 # ---- infilling ----------------------------------------------------------------------------------
@@ -197,13 +280,25 @@ def infilling_rank_eval(gen, items: Sequence[dict]) -> tuple[dict, list[dict]]:
 
 
 # ---- one model ----------------------------------------------------------------------------------
-def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -> dict:
-  """Every demo measurement of one model; per-example rows go to `out_dir` when given."""
+def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model",
+                       u_model: bool = False, s_sentinel: bool = False) -> dict:
+  """Every demo measurement of one model; per-example rows go to `out_dir` when given.
+  `u_model`: UL2R's output, whose every training row began with a mode token: held-out
+  questions reach it as S denoiser inputs. `s_sentinel`: its S layout has sentinel 0
+  (`ul2flan.ul2.denoisers.Denoiser.sentinel`)."""
   result: dict = {"layout": getattr(gen, "layout_name", None), "seconds": {}}
   metrics: dict = {}
   t = time.time()
-  knowledge, knowledge_rows = knowledge_check(gen, settings.get("knowledge_max_people"))
+  max_people = settings.get("knowledge_max_people")
+  knowledge, knowledge_rows = knowledge_check(gen, max_people,
+                                              continuation_layout(gen, s_sentinel))
   metrics.update(knowledge)
+  causal, causal_rows = knowledge, []
+  if gen.prefix_lm:  # the same weights read causally: knowledge apart from the new layout
+    causal, causal_rows = knowledge_check(causal_view(gen), max_people, Layout())
+  # A causal model's only reading is its causal one: every model has both columns.
+  metrics.update({k.replace("knowledge_", "knowledge_causal_", 1): v for k, v in causal.items()
+                  if k != "knowledge_chance"})
   result["seconds"]["knowledge"] = time.time() - t
 
   t = time.time()
@@ -212,7 +307,8 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -
   cap = settings.get("heldout_max_examples")
   if cap:  # evenly spaced, so that every held-out family keeps its share
     examples = examples[::max(1, len(examples) // cap)][:cap]
-  heldout = heldout_eval(gen, examples, settings["max_new_tokens"])
+  heldout = heldout_eval(gen, examples, settings["max_new_tokens"],
+                         s_denoiser_layout(gen.vocabulary, s_sentinel) if u_model else None)
   metrics.update(heldout["metrics"])
   result["tasks"] = heldout["tasks"]
   result["seconds"]["heldout"] = time.time() - t
@@ -229,6 +325,8 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -
   result["metrics"] = metrics
   if out_dir is not None:
     _write_jsonl(out_dir / f"{name}.knowledge.jsonl", knowledge_rows)
+    if causal_rows:
+      _write_jsonl(out_dir / f"{name}.knowledge_causal.jsonl", causal_rows)
     _write_jsonl(out_dir / f"{name}.heldout.jsonl", heldout["rows"])
     _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
   return result
@@ -237,6 +335,9 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model") -
 def _write_jsonl(path, rows: list[dict]) -> None:
   if jax.process_index() == 0:
     paths.resolve(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+U_MODEL = "ul2r"  # the pipeline stage whose model UL2R made (`ul2flan.pipeline.stages`)
 
 
 class DemoEvaluator:
@@ -252,7 +353,8 @@ class DemoEvaluator:
 
   def evaluate(self, gen, request) -> dict:
     result = evaluate_generator(gen, request.settings.as_dict(), paths.resolve(request.out_dir),
-                                request.model)
+                                request.model, u_model=request.model == U_MODEL,
+                                s_sentinel=trained_s_sentinel(request.checkpoint_dir))
     result["heldout_split"] = request.settings.heldout_split
     result["heldout_shots"] = request.settings.heldout_shots
     return result

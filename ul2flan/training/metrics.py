@@ -1,10 +1,13 @@
 """Metric writers (clu): `metrics*.jsonl` for scripts and TensorBoard event files, on process 0.
 
-`metrics.jsonl` holds one JSON object per logged step. A resumed run first drops the rows past
-the step it resumed from (written before a checkpoint that never committed), so no step appears
-twice. Both files go through epath, so a `gs://` model dir works: object stores cannot append, so
-there the jsonl file is rewritten whole at each flush, and TensorBoard events (tensorboardX) are
-written through an epath file.
+`metrics.jsonl` holds one JSON object per logged step. Per-group sums from the steps
+(`nll_sum/<group>`, `correct_sum/<group>`, `loss_weight/<group>`: one group per UL2R denoiser,
+`ul2flan.training.steps`) are written as `loss/<group>` and `accuracy/<group>` over the tokens of
+the logged window, with `loss_weight/<group>` (`per_group`); TensorBoard shows them under `loss`
+and `accuracy`. A resumed run first drops the rows past the step it resumed from (written before
+a checkpoint that never committed), so no step appears twice. Both files go through epath, so a
+`gs://` model dir works: object stores cannot append, so there the jsonl file is rewritten whole
+at each flush, and TensorBoard events (tensorboardX) are written through an epath file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,32 @@ import tensorboardX
 from tensorboardX import record_writer
 
 from ul2flan import paths
+
+
+# The steps' per-group sums (`steps.GROUP_SUMS`) and the figures written from them.
+GROUP_RATIOS = {"nll_sum": "loss", "correct_sum": "accuracy"}
+GROUP_WEIGHT = "loss_weight"
+
+
+def per_group(scalars: Mapping[str, float]) -> dict[str, float]:
+  """`scalars` with each group's `nll_sum/<g>` and `correct_sum/<g>` turned into `loss/<g>` and
+  `accuracy/<g>` (divided by `loss_weight/<g>`); a group without weight is left out. Sums averaged
+  over a window divide to the same figure as the window's sums, so a logged window's `loss/<g>`
+  is its tokens' mean nll. Other scalars pass unchanged."""
+  out = {}
+  for key, value in scalars.items():
+    stat, _, group = key.partition("/")
+    if not group or stat not in (*GROUP_RATIOS, GROUP_WEIGHT):
+      out[key] = value
+      continue
+    weight = scalars.get(f"{GROUP_WEIGHT}/{group}", 0.0)
+    if weight <= 0:
+      continue
+    if stat == GROUP_WEIGHT:
+      out[key] = value
+    else:
+      out[f"{GROUP_RATIOS[stat]}/{group}"] = value / weight
+  return out
 
 
 def metrics_path(model_dir: str, subdir: str = "train") -> epath.Path:
@@ -130,13 +159,21 @@ class TensorBoardWriter(_ScalarWriter):
     self.writer.close()
 
 
+class PerGroupWriter(metric_writers.MultiWriter):
+  """A MultiWriter whose scalars go through `per_group` first."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    super().write_scalars(step, per_group(scalars))
+
+
 def create_writer(model_dir: str, subdir: str = "train",
                   resume_step: int = 0) -> metric_writers.MetricWriter:
-  """jsonl + TensorBoard (under MODEL_DIR/tensorboard/<subdir>) on process 0; nothing elsewhere."""
+  """jsonl + TensorBoard (under MODEL_DIR/tensorboard/<subdir>) on process 0; nothing elsewhere.
+  Per-group sums are written as per-group loss and accuracy (`per_group`)."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-  return metric_writers.MultiWriter([
+  return PerGroupWriter([
       JsonlWriter(metrics_path(model_dir, subdir), resume_step),
       TensorBoardWriter(paths.join(model_dir, "tensorboard", subdir)),
   ])

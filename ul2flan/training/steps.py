@@ -3,11 +3,18 @@
 `StepBuilder` owns one configuration (model, partitioner, optimizer): it derives the sharding of
 every parameter and optimizer leaf, initialises state, and jits `train_step` (state donated) and
 `eval_step`. Nothing here touches files, data pipelines or metrics writers.
+
+Per-group metrics (UL2R: one group per denoiser): given `segment_groups` ({name: leading ids}),
+each packed segment belongs to the group whose ids begin it (its mode token), found inside the
+step from the batch's own tokens and positions, so the batches stay as the converter made them.
+Both steps then also return, per group, the summed nll and correct tokens and the loss weight
+(`nll_sum/<name>`, `correct_sum/<name>`, `loss_weight/<name>`); the loss and the gradients do
+not depend on them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -20,6 +27,31 @@ from ul2flan import partitioning
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
 from ul2flan.model.losses import cross_entropy_with_z_loss
+
+
+GROUP_SUMS = ("nll_sum", "correct_sum", "loss_weight")  # per-group metric names, before "/<group>"
+
+
+def segment_group_ids(targets: jax.Array, positions: jax.Array,
+                      leading_ids: Sequence[Sequence[int]]) -> jax.Array:
+  """[batch, length] int32: 1 + the index of the group whose `leading_ids` begin each token's
+  packed segment, 0 where none does (padding included).
+
+  A segment starts where its position is 0; the row's text begins at the targets there (the
+  start slot predicts the first input token), so a UL2 segment's mode-token ids are
+  `targets[start:start + len(ids)]`. Longer ids are matched first, so that a group whose ids
+  extend another's is not taken for it.
+  """
+  length = targets.shape[1]
+  starts = jnp.arange(length, dtype=positions.dtype)[None, :] - positions
+  groups = jnp.zeros(targets.shape, jnp.int32)
+  for g in sorted(range(len(leading_ids)), key=lambda g: -len(leading_ids[g])):
+    match = jnp.ones(targets.shape, bool)
+    for offset, token in enumerate(leading_ids[g]):
+      at = jnp.clip(starts + offset, 0, length - 1)
+      match &= jnp.take_along_axis(targets, at, axis=1) == token
+    groups = jnp.where((groups == 0) & match, g + 1, groups)
+  return groups
 
 
 @flax.struct.dataclass
@@ -35,7 +67,8 @@ class StepBuilder:
   def __init__(self, model_config: DecoderConfig, partitioner: partitioning.Partitioner,
                tx: optax.GradientTransformation, schedule: optax.Schedule, *, seed: int,
                z_loss: float, num_microbatches: int, skip_nonfinite: bool = False,
-               hide_start: bool = False):
+               hide_start: bool = False,
+               segment_groups: Mapping[str, Sequence[int]] | None = None):
     self.config = model_config
     self.model = decoder_lib.Decoder(model_config)
     self.partitioner = partitioner
@@ -50,6 +83,10 @@ class StepBuilder:
     # A model pre-trained without a BOS (`row_layout.RowLayout.hidden_start`): each segment's
     # start slot is hidden from attention and nothing is predicted from it.
     self.hide_start = hide_start
+    # {group name: the ids that begin its segments}: per-group loss and accuracy (module doc).
+    self.group_names = tuple(segment_groups or ())
+    self.group_leading_ids = tuple(tuple(int(i) for i in segment_groups[n])
+                                   for n in self.group_names)
     self._all_finite = None
 
     self.abstract_params = decoder_lib.abstract_params(model_config, partitioner)
@@ -91,20 +128,56 @@ class StepBuilder:
       positions = jnp.broadcast_to(jnp.arange(weights.shape[1]), weights.shape)
     return jnp.where(positions == 0, jnp.zeros_like(weights), weights)
 
-  def _loss_sums(self, params, batch, rng, enable_dropout: bool):
+  def _loss_sums(self, params, batch, rng, enable_dropout: bool) -> dict:
+    """Summed nll, z-loss and correct tokens; per group (`group_*`, shape [groups]) too."""
     logits = self.model.apply({"params": params}, **decoder_lib.model_inputs(batch),
                               enable_dropout=enable_dropout, hide_start=self.hide_start,
                               rngs={"dropout": rng})
-    return cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
-                                     self._loss_weights(batch), self.z_loss)
+    targets, weights = batch["decoder_target_tokens"], self._loss_weights(batch)
+    nll, z, correct = cross_entropy_with_z_loss(logits, targets, weights, self.z_loss)
+    sums = {"nll": nll, "z": z, "correct": correct}
+    if self.group_names:
+      group_weights = self._group_weights(batch, weights)
+      # Only the weights vary over the groups: logits-derived terms are computed once.
+      group_nll, _, group_correct = jax.vmap(
+          lambda w: cross_entropy_with_z_loss(logits, targets, w, 0.0))(group_weights)
+      sums.update(group_nll=group_nll, group_correct=group_correct,
+                  group_weight=jnp.sum(group_weights, axis=(1, 2)))
+    return sums
+
+  def _group_weights(self, batch, weights) -> jax.Array:
+    """[groups, batch, length] float32: the loss weights of each group's tokens."""
+    targets = batch["decoder_target_tokens"]
+    positions = batch.get("decoder_positions")
+    if positions is None:  # unpacked rows: one segment each, starting at index 0
+      positions = jnp.broadcast_to(jnp.arange(targets.shape[1]), targets.shape)
+    ids = segment_group_ids(targets, positions, self.group_leading_ids)
+    one_hot = ids[None] == jnp.arange(1, len(self.group_names) + 1)[:, None, None]
+    return one_hot.astype(jnp.float32) * weights.astype(jnp.float32)[None]
+
+  def _zero_sums(self) -> dict:
+    groups = len(self.group_names)
+    zeros = {"nll": 0.0, "z": 0.0, "correct": 0.0}
+    if groups:
+      zeros.update(group_nll=jnp.zeros(groups), group_correct=jnp.zeros(groups),
+                   group_weight=jnp.zeros(groups))
+    return zeros
+
+  def _group_metrics(self, sums: dict) -> dict:
+    """Per-group sums as scalars named `<sum>/<group>` (`GROUP_SUMS`)."""
+    out = {}
+    for g, name in enumerate(self.group_names):
+      for key, value in zip(GROUP_SUMS, ("group_nll", "group_correct", "group_weight")):
+        out[f"{key}/{name}"] = sums[value][g]
+    return out
 
   def _gradients(self, params, batch, rng, total_weight):
-    """Summed gradients and (nll, z, correct) sums, over `num_microbatches` microbatches."""
+    """Summed gradients and the `_loss_sums`, over `num_microbatches` microbatches."""
     enable_dropout = self.config.dropout_rate > 0
 
     def loss_fn(params, mb, mb_rng):
-      nll, z, correct = self._loss_sums(params, mb, mb_rng, enable_dropout)
-      return (nll + z) / total_weight, (nll, z, correct)
+      sums = self._loss_sums(params, mb, mb_rng, enable_dropout)
+      return (sums["nll"] + sums["z"]) / total_weight, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     k = self.num_microbatches
@@ -124,14 +197,15 @@ class StepBuilder:
       return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, sums)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, sums), _ = jax.lax.scan(body, (zeros, (0.0, 0.0, 0.0)),
+    (grads, sums), _ = jax.lax.scan(body, (zeros, self._zero_sums()),
                                     (jnp.arange(k), jax.tree.map(split, batch)))
     return grads, sums
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
     total_weight = jnp.maximum(jnp.sum(self._loss_weights(batch).astype(jnp.float32)), 1.0)
-    grads, (nll, z, correct) = self._gradients(state.params, batch, rng, total_weight)
+    grads, sums = self._gradients(state.params, batch, rng, total_weight)
+    nll, z, correct = sums["nll"], sums["z"], sums["correct"]
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss, grad_norm = nll / total_weight, optax.global_norm(grads)
@@ -145,6 +219,7 @@ class StepBuilder:
         "accuracy": correct / total_weight, "learning_rate": self.schedule(state.step),
         "grad_norm": grad_norm, "loss_weight": total_weight,
         "nonfinite_steps": 1.0 - finite.astype(jnp.float32),
+        **self._group_metrics(sums),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -160,9 +235,10 @@ class StepBuilder:
       return bool(self._all_finite(state.params, state.opt_state))
 
   def eval_step(self, params, batch) -> dict:
-    nll, z, correct = self._loss_sums(params, batch, jax.random.key(0), False)
-    return {"nll": nll, "z": z, "correct": correct,
-            "weight": jnp.sum(self._loss_weights(batch).astype(jnp.float32))}
+    sums = self._loss_sums(params, batch, jax.random.key(0), False)
+    return {"nll": sums["nll"], "z": sums["z"], "correct": sums["correct"],
+            "weight": jnp.sum(self._loss_weights(batch).astype(jnp.float32)),
+            **self._group_metrics(sums)}
 
   def batch_shardings(self, batch_spec: dict) -> dict:
     return {k: self.partitioner.batch_sharding(len(shape)) for k, shape in batch_spec.items()}

@@ -86,7 +86,7 @@ class _Run:
   divergence: guards.DivergenceGuard
 
 
-@gin.configurable(denylist=["model_dir", "stage_name", "check_only"])
+@gin.configurable(denylist=["model_dir", "check_only"])
 def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQUIRED,
           train_cfg: TrainConfig = gin.REQUIRED, model_config: DecoderConfig | None = None,
           partitioner: partitioning.Partitioner | None = None,
@@ -121,7 +121,8 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
                         seed=train_cfg.seed, z_loss=train_cfg.z_loss,
                         num_microbatches=train_cfg.num_microbatches,
                         skip_nonfinite=train_cfg.on_nonfinite == "skip",
-                        hide_start=layout.hidden_start)
+                        hide_start=layout.hidden_start,
+                        segment_groups=data_lib.denoiser_groups(train_dataset_cfg))
   checkpointer = Checkpointer(model_dir, checkpoint_cfg or checkpoints.CheckpointConfig())
   run = _Run(model_dir, stage_name, model_config, partitioner, train_dataset_cfg, train_cfg,
              eval_cfg, builder, checkpointer,
@@ -247,7 +248,8 @@ def _train_steps(run: _Run, watcher: guards.PreemptionWatcher, state, data_state
     del step_fn, state, hooks
     _log_if_slow(run.stage_name, "releasing the compiled step, the train state and the hooks",
                  started)
-  result.step, result.last_metrics = cfg.total_steps, logging_hook.last
+  result.step = cfg.total_steps
+  result.last_metrics = metrics_lib.per_group(logging_hook.last)
   result.last_eval = {k: v for e in evaluations for k, v in e.last.items()}
 
 

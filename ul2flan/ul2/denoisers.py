@@ -34,6 +34,10 @@ class Denoiser:
     corruption_rate: R/X only: fraction of the segment's tokens that are noise (r).
     target_fraction: S only: fraction of the segment that goes to the targets; None draws it
       uniformly from (0, 1) per example (a uniform split point, as in the 2022 UL2 code).
+    sentinel: S only: end the inputs and start the targets with sentinel 0 (`prefix <s0>` and
+      `<s0> rest`: span corruption with one span, at the end), so that every denoiser's targets
+      start with it. False (default): a plain prefix LM, as UL2 describes S (docs/ul2r.md,
+      "The S layout").
   """
   kind: str
   rate: float
@@ -41,6 +45,7 @@ class Denoiser:
   mean_span_length: float = 3.0
   corruption_rate: float = 0.15
   target_fraction: float | None = None
+  sentinel: bool = False
 
   def __post_init__(self):
     if self.kind not in SPAN_CORRUPTION_KINDS + (PREFIX_LM_KIND,):
@@ -53,6 +58,8 @@ class Denoiser:
       if not 0 < self.corruption_rate < 1:
         raise ValueError(f"{self.name}: corruption_rate must be in (0, 1), got "
                          f"{self.corruption_rate}")
+      if self.sentinel:
+        raise ValueError(f"{self.name}: `sentinel` is for S; R and X spans always have theirs")
     elif self.target_fraction is not None and not 0 < self.target_fraction < 1:
       raise ValueError(f"{self.name}: target_fraction must be in (0, 1) or None (uniform), got "
                        f"{self.target_fraction}")
@@ -65,9 +72,8 @@ class Denoiser:
   def name(self) -> str:
     if self.is_span_corruption:
       return f"{self.kind}(mu={self.mean_span_length:g},r={self.corruption_rate:g})"
-    if self.target_fraction is None:
-      return "S(uniform)"
-    return f"S(frac={self.target_fraction:g})"
+    split = "uniform" if self.target_fraction is None else f"frac={self.target_fraction:g}"
+    return f"S({split},sentinel)" if self.sentinel else f"S({split})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,17 +138,19 @@ def ul2r_preset(inputs_length: int = 1024, targets_length: int = 1024,
                 s_target_fraction: float | None = None,
                 mode_tokens: Sequence[str] = ("[NLU]", "[NLG]", "[S2S]"),
                 rates: Sequence[float] = (0.50, 0.25, 0.25),
+                s_sentinel: bool = False,
                 **mixture_overrides) -> DenoiserMixture:
   """U-PaLM's UL2R: 50% S, 25% R(3, .15), 25% X (OPEN; default mu=32, r=.5), 1024 + 1024.
 
   `mode_tokens` are the R, X and S mode tokens in that order; `rates` the S, R and X shares
-  (U-PaLM's by default).
+  (U-PaLM's by default); `s_sentinel` lays S out with sentinel 0 (`Denoiser.sentinel`).
   """
   nlu, nlg, s2s = mode_tokens
   s_rate, r_rate, x_rate = rates
   return DenoiserMixture(
       name="UL2R",
-      denoisers=(Denoiser("S", s_rate, s2s, target_fraction=s_target_fraction),
+      denoisers=(Denoiser("S", s_rate, s2s, target_fraction=s_target_fraction,
+                          sentinel=s_sentinel),
                  _span("R", r_rate, nlu, 3, 0.15),
                  _span("X", x_rate, nlg, x_mean_span_length, x_corruption_rate)),
       inputs_length=inputs_length, targets_length=targets_length, **mixture_overrides)
@@ -152,6 +160,7 @@ def ul2r_preset(inputs_length: int = 1024, targets_length: int = 1024,
 def ul2_preset(inputs_length: int = 1024, targets_length: int = 1024,
                s_target_fraction: float | None = 0.25,
                mode_tokens: Sequence[str] = ("[NLU]", "[NLG]", "[S2S]"),
+               s_sentinel: bool = False,
                **mixture_overrides) -> DenoiserMixture:
   """UL2's 7 denoisers, mixed uniformly. X(3, .5) and X(8, .5) need more than 100 sentinels
   beyond ~380 inputs tokens: use more sentinels or `cap_spans=True` there."""
@@ -162,7 +171,8 @@ def ul2_preset(inputs_length: int = 1024, targets_length: int = 1024,
       denoisers=(_span("R", rate, nlu, 3, 0.15), _span("R", rate, nlu, 8, 0.15),
                  _span("X", rate, nlg, 3, 0.5), _span("X", rate, nlg, 8, 0.5),
                  _span("X", rate, nlg, 64, 0.15), _span("X", rate, nlg, 64, 0.5),
-                 Denoiser("S", rate, s2s, target_fraction=s_target_fraction)),
+                 Denoiser("S", rate, s2s, target_fraction=s_target_fraction,
+                          sentinel=s_sentinel)),
       inputs_length=inputs_length, targets_length=targets_length, **mixture_overrides)
 
 

@@ -81,7 +81,7 @@ class CompiledDenoiser:
   inputs_budget: int   # raw inputs tokens (sentinels included), without mode token and EOS
   targets_budget: int  # raw targets tokens, without EOS
   segment_length: int  # the longest raw segment this denoiser uses
-  max_sentinels: int   # sentinels the longest segment needs (0 for S)
+  max_sentinels: int   # sentinels the longest segment needs (S: 1 with `sentinel`, else 0)
   fixed_length: bool   # every segment is `segment_length` long (S without fill_rows: it varies)
 
 
@@ -132,8 +132,11 @@ def compile_mixture(mixture: DenoiserMixture, vocabulary: seqio.Vocabulary,
       length, needed = _span_corruption_segment(d, mixture, sentinel_ids, where, inputs_budget,
                                                 targets_budget, row_budget)
     else:
-      length = row_budget or prefix_lm_max_segment_length(inputs_budget, targets_budget)
-      needed = 0
+      if d.sentinel:  # `prefix <s0>` and `<s0> rest`: one sentinel on each side
+        inputs_budget, targets_budget = inputs_budget - 1, targets_budget - 1
+      longest = prefix_lm_max_segment_length(inputs_budget, targets_budget)  # checks them
+      length = longest if row_budget is None else row_budget - 2 * d.sentinel
+      needed = int(d.sentinel)
     compiled.append(CompiledDenoiser(d, mode_ids, inputs_budget, targets_budget, length, needed,
                                      fixed_length=d.is_span_corruption or mixture.fill_rows))
   return CompiledMixture(mixture, tuple(compiled), inputs_length, targets_length, sentinel_ids)

@@ -10,7 +10,8 @@ One preprocessor, `ul2_denoise`, turns a tokenized corpus into prefix-LM example
    Text after a group's last whole segment starts the next group's first: no text is dropped and
    no segment is short, except the very last of a finite dataset.
 3. R / X denoisers: T5 span corruption (`random_spans_noise_mask`). Inputs `n0 <s0> n1 <s1> ...`,
-   targets `<s0> z0 <s1> z1 ...`. S denoiser: split at one point; prefix -> inputs, rest -> targets.
+   targets `<s0> z0 <s1> z1 ...`. S denoiser: split at one point; prefix -> inputs, rest -> targets
+   (with `Denoiser.sentinel`: `prefix <s0>` -> inputs, `<s0> rest` -> targets).
 4. The mode token (ordinary text, e.g. "[NLU]") is prepended to the inputs after corruption, so it
    is never masked; `seqio.preprocessors.append_eos` then appends EOS (nothing is trimmed: the
    lengths already include it).
@@ -253,6 +254,9 @@ def _apply_denoiser(tokens: tf.Tensor, seed: tf.Tensor, target_fraction: tf.Tens
     prefix_length = length - prefix_lm_targets_length(
         length, target_fraction, compiled.inputs_budget, compiled.targets_budget)
     inputs, targets = tokens[:prefix_length], tokens[prefix_length:]
+    if d.sentinel:  # T5's span layout with the one span at the end
+      first = tf.constant(mixture.sentinel_ids[:1], tf.int32)
+      inputs, targets = tf.concat([inputs, first], 0), tf.concat([first, targets], 0)
   mode_ids = tf.constant(compiled.mode_ids, tf.int32, [len(compiled.mode_ids)])
   inputs = tf.concat([mode_ids, inputs], axis=0)
   return inputs, targets
