@@ -17,6 +17,7 @@ ratio. Target: cached >= 5x uncached at prompt 512, 128 new tokens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -24,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ul2flan import row_layout
 from ul2flan.inference import decoding
 from ul2flan.model.config import DecoderConfig
 from ul2flan.model.decoder import Decoder
+from ul2flan.vocabularies import EOS_ID
 
 TINY = dict(vocab_size=768, d_model=256, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=64,
             mlp_dim=1024)
@@ -34,8 +37,9 @@ TINY = dict(vocab_size=768, d_model=256, num_layers=4, num_heads=4, num_kv_heads
 
 def random_prompts(batch: int, prompt_len: int, vocab_size: int, seed: int):
   rng = np.random.default_rng(seed)
-  prompts = [decoding.model_prompt(rng.integers(3, vocab_size - 100, prompt_len - 2).tolist(),
-                                   prefix_lm=True) for _ in range(batch)]
+  layout = row_layout.RowLayout(row_layout.PREFIX_LM)
+  prompts = [layout.prompt(rng.integers(3, vocab_size - 100, prompt_len - 2).tolist(), EOS_ID)
+             for _ in range(batch)]
   return decoding.pad_prompts(prompts)
 
 
@@ -64,15 +68,16 @@ def main() -> None:
   params = jax.jit(lambda: Decoder(config).init(jax.random.key(args.seed),
                                                 jnp.zeros((1, 8), jnp.int32))["params"])()
   tokens, lengths = random_prompts(args.batch, args.prompt_len, config.vocab_size, args.seed)
-  settings = dict(max_new_tokens=args.new_tokens, prefix_lm=not args.causal, eos_id=None)
+  settings = decoding.DecodeSettings(max_new_tokens=args.new_tokens, prefix_lm=not args.causal,
+                                     eos_id=None)
   generated = args.batch * args.new_tokens
 
   results = {}
   for name, use_cache, repeats in (("cached", True, args.repeats),
                                    ("uncached", False, args.uncached_repeats)):
     start = time.perf_counter()
-    run = decoding.compile_decode(params, config, tokens, lengths, use_cache=use_cache,
-                                  **settings)
+    run = decoding.compile_decode(params, config, tokens, lengths,
+                                  dataclasses.replace(settings, use_cache=use_cache))
     compile_s = time.perf_counter() - start
     seconds, out = time_run(run, repeats)
     results[name] = {"seconds": seconds, "tokens_per_second": generated / seconds,

@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ul2flan import row_layout
 from ul2flan.inference import decoding
 from ul2flan.model import attention
 from ul2flan.model.decoder import Decoder
+from ul2flan.vocabularies import EOS_ID
 from helpers import micro_config
 
 IMPLS = ["xla", "jax_nn"]
@@ -265,16 +267,19 @@ def test_decode_with_sliding_window_cached_equals_recompute(prefix_lm):
   cfg = micro_config(sliding_window=4, sliding_window_pattern=2, attn_logits_soft_cap=2.0,
                      query_scale=8.0, scan_layers=True)
   params = _stack_layers(_random_params(cfg), cfg.num_layers)
-  prompts = [decoding.model_prompt(ids, prefix_lm) for ids in
+  layout = row_layout.RowLayout(row_layout.PREFIX_LM if prefix_lm else row_layout.LM)
+  prompts = [layout.prompt(ids, EOS_ID) for ids in
              ([37, 402, 9, 55, 61, 70], [5, 612, 88, 140, 71, 300, 19, 250, 8, 45, 701])]
   toks, lengths = decoding.pad_prompts(prompts, 14)
-  kw = dict(max_new_tokens=10, prefix_lm=prefix_lm, eos_id=None)
-  cached = decoding.decode(params, cfg, toks, lengths, **kw)
-  uncached = decoding.decode(params, cfg, toks, lengths, use_cache=False, **kw)
+  settings = decoding.DecodeSettings(max_new_tokens=10, prefix_lm=prefix_lm, eos_id=None)
+  cached = decoding.decode(params, cfg, toks, lengths, settings)
+  uncached = decoding.decode(params, cfg, toks, lengths,
+                             dataclasses.replace(settings, use_cache=False))
   np.testing.assert_array_equal(cached.tokens, uncached.tokens)
   # The window is in force: without it the same weights decode differently.
   no_window = dataclasses.replace(cfg, sliding_window=None, sliding_window_pattern=None)
-  assert (decoding.decode(params, no_window, toks, lengths, **kw).tokens != cached.tokens).any()
+  assert (decoding.decode(params, no_window, toks, lengths, settings).tokens
+          != cached.tokens).any()
 
 
 # ---- the form each core is given --------------------------------------------------------------

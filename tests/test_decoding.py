@@ -33,6 +33,7 @@ from helpers import micro_config
 
 BOS, EOS = 0, 1
 STEPS = 10  # tokens generated per row; one value keeps compilations shared
+PREFIX_LM_LAYOUT = row_layout.RowLayout(row_layout.PREFIX_LM)
 PROMPT_IDS = ([37, 402, 9], [5, 612, 88, 140, 71, 300, 19, 250, 8, 45, 701], [260, 33, 517, 74, 90])
 
 
@@ -110,13 +111,13 @@ def test_prompt_layout_matches_seqio_prefix_lm_converter():
   converted = seqio.PrefixLMFeatureConverter(pack=False)(
       tf.data.Dataset.from_tensors(example), {"inputs": 8, "targets": 8})
   features = next(iter(converted.as_numpy_iterator()))
-  prompt = decoding.model_prompt(ids, ends_with_eos=True)
+  prompt = row_layout.RowLayout(row_layout.PREFIX_LM).prompt(ids, EOS)
   assert prompt == [BOS] + ids + [EOS]
   assert list(features["decoder_input_tokens"][:len(prompt)]) == prompt
   assert list(features["decoder_causal_attention"][:len(prompt) + 1]) == [1] * len(prompt) + [0]
   # The first target is predicted at the last prompt position.
   assert features["decoder_target_tokens"][len(prompt) - 1] == 55
-  assert decoding.model_prompt(ids, ends_with_eos=False) == [BOS] + ids
+  assert row_layout.RowLayout(row_layout.LM).prompt(ids, EOS) == [BOS] + ids
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["layers", "scan"])
@@ -127,19 +128,59 @@ def test_cached_greedy_equals_full_recompute(prefix_lm, scan_layers):
   prompts = [reference_prompt(ids, prefix_lm) for ids in PROMPT_IDS]
   tokens, lengths = decoding.pad_prompts(prompts, 16)
   steps = STEPS
-  cached = decoding.decode(params, config, tokens, lengths, max_new_tokens=steps,
-                           prefix_lm=prefix_lm, eos_id=None)
+  settings = decoding.DecodeSettings(max_new_tokens=steps, prefix_lm=prefix_lm, eos_id=None)
+  cached = decoding.decode(params, config, tokens, lengths, settings)
   expected = [reference_greedy(config, params, p, prefix_lm, steps) for p in prompts]
   np.testing.assert_array_equal(cached.tokens, np.array(expected))
   np.testing.assert_array_equal(cached.lengths, [steps] * 3)
   # The same params run with the other layer layout (stacked or sliced inside the call).
-  other = decoding.decode(params, config, tokens, lengths, max_new_tokens=steps,
-                          prefix_lm=prefix_lm, eos_id=None, scan_layers=not scan_layers)
+  other = decoding.decode(params, config, tokens, lengths,
+                          dataclasses.replace(settings, scan_layers=not scan_layers))
   np.testing.assert_array_equal(other.tokens, cached.tokens)
   if not scan_layers:
-    uncached = decoding.decode(params, config, tokens, lengths, max_new_tokens=steps,
-                               prefix_lm=prefix_lm, eos_id=None, use_cache=False)
+    uncached = decoding.decode(params, config, tokens, lengths,
+                               dataclasses.replace(settings, use_cache=False))
     np.testing.assert_array_equal(uncached.tokens, cached.tokens)
+
+
+@pytest.mark.parametrize("prefix_lm", [True, False], ids=["prefix_lm", "causal"])
+def test_hidden_start_slot_decodes_and_scores_as_the_text_alone(prefix_lm):
+  """A model pre-trained without a BOS: with its start slot hidden, the prompt `[0] + ids` is
+  read as `ids` alone from position 0 (RoPE is relative), as the original model reads it.
+  Reference: the full recompute over the prompt without any start slot."""
+  config = micro_config()
+  params = random_params(config)
+  kind = row_layout.PREFIX_LM if prefix_lm else row_layout.LM
+  layout = row_layout.RowLayout(kind, hidden_start=True)
+  prompts = [layout.prompt(ids, EOS) for ids in PROMPT_IDS]
+  assert all(p[0] == BOS and p[1:len(ids) + 1] == list(ids) for p, ids in zip(prompts, PROMPT_IDS))
+  tokens, lengths = decoding.pad_prompts(prompts, 16)
+  settings = decoding.DecodeSettings(max_new_tokens=STEPS, prefix_lm=prefix_lm, hide_start=True,
+                                     eos_id=None)
+  got = decoding.decode(params, config, tokens, lengths, settings)
+  expected = [reference_greedy(config, params, p[1:], prefix_lm, STEPS) for p in prompts]
+  np.testing.assert_array_equal(got.tokens, np.array(expected))
+
+  generator = generator_lib.Generator(config, params, vocab.get_vocabulary(), layout)
+  targets = [[55, 66, 77], [12, 13], [400]]
+  scores = generator.score_ids(list(PROMPT_IDS), targets)
+  shown = generator_lib.Generator(config, params, vocab.get_vocabulary(),
+                                  dataclasses.replace(layout, hidden_start=False))
+  # The slot is really hidden, not merely harmless: seen, it changes every score.
+  assert all(abs(a - b) > 1e-3 for a, b in zip(shown.score_ids(list(PROMPT_IDS), targets), scores))
+  forward = _reference_forward(config)
+  for p, target, score in zip(prompts, targets, scores):
+    sequence = p[1:] + target[:-1]
+    padded = np.zeros((1, REFERENCE_LENGTH), np.int32)
+    padded[0, :len(sequence)] = sequence
+    segments = (np.arange(REFERENCE_LENGTH) < len(sequence)).astype(np.int32)[None]
+    prefix = (np.arange(REFERENCE_LENGTH) < (len(p) - 1 if prefix_lm else 0)).astype(np.int32)
+    logits = np.asarray(forward(params, padded, segments, prefix[None]), np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    first = len(p) - 2  # the prompt's last position (without the slot) predicts target[0]
+    want = sum(logp[first + k, t] for k, t in enumerate(target))
+    assert score == pytest.approx(want, abs=1e-3)
 
 
 def test_prefix_and_causal_attention_differ():
@@ -160,8 +201,8 @@ def test_eos_stops_each_row():
   # Row 0 must stop mid-way: use as stop token its first new token after two steps.
   stop_at = next(i for i in range(2, STEPS) if free[0][i] not in free[0][:i])
   stop = free[0][stop_at]
-  got = decoding.decode(params, config, tokens, lengths, max_new_tokens=STEPS, prefix_lm=True,
-                        eos_id=stop)
+  got = decoding.decode(params, config, tokens, lengths, decoding.DecodeSettings(
+      max_new_tokens=STEPS, prefix_lm=True, eos_id=stop))
   for row, continuation in enumerate(free):
     cut = continuation.index(stop) + 1 if stop in continuation else STEPS
     assert got.lengths[row] == cut
@@ -215,9 +256,9 @@ def test_stop_sequences_end_each_row_and_the_loop(use_cache):
   # Row 0 stops on its 3rd + 4th tokens together, rows 1 and 2 on one token each.
   stops = [f"{free[0][2]}><{free[0][3]}>", f"<{free[1][1]}>", f"<{free[2][0]}>"]
   expected = [first_stop_end(texts, row, stops) or STEPS for row in free]
-  got = decoding.decode(params, config, tokens, lengths, max_new_tokens=STEPS, prefix_lm=True,
-                        eos_id=None, stops=decoding.stop_table(texts, stops),
-                        use_cache=use_cache)
+  got = decoding.decode(params, config, tokens, lengths, decoding.DecodeSettings(
+      max_new_tokens=STEPS, prefix_lm=True, eos_id=None, use_cache=use_cache),
+                        stops=decoding.stop_table(texts, stops))
   assert got.lengths.tolist() == expected
   for row, continuation in enumerate(free):
     cut = expected[row]
@@ -231,7 +272,7 @@ def test_generator_cuts_text_at_stops_as_lm_eval_harness_does():
   config = micro_config()
   params = random_params(config)
   spm = vocab.get_vocabulary()
-  generator = generator_lib.Generator(config, params, spm, prefix_lm=True, batch_size=2)
+  generator = generator_lib.Generator(config, params, spm, PREFIX_LM_LAYOUT, batch_size=2)
   prompts = ["Alice lives in Paris.", "What is 12 + 7?", "The pet of Bob is a", "x",
              "Carol and Dave walk to the market."]
   references = [spm.decode([t for t in reference_greedy(
@@ -282,13 +323,14 @@ def test_sampling_with_top_k_one_is_greedy():
   config = micro_config()
   params = random_params(config)
   tokens, lengths = decoding.pad_prompts([reference_prompt(ids, True) for ids in PROMPT_IDS], 16)
-  kwargs = dict(max_new_tokens=STEPS, prefix_lm=True, eos_id=None)
-  greedy = decoding.decode(params, config, tokens, lengths, **kwargs)
-  sampled = decoding.decode(params, config, tokens, lengths, temperature=1.3, top_k=1, rng=7,
-                            **kwargs)
+  settings = decoding.DecodeSettings(max_new_tokens=STEPS, prefix_lm=True, eos_id=None)
+  greedy = decoding.decode(params, config, tokens, lengths, settings)
+  sampled = decoding.decode(params, config, tokens, lengths,
+                            dataclasses.replace(settings, temperature=1.3, top_k=1), rng=7)
   np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
   # Plain sampling at a high temperature does leave the greedy path.
-  hot = decoding.decode(params, config, tokens, lengths, temperature=5.0, rng=7, **kwargs)
+  hot = decoding.decode(params, config, tokens, lengths,
+                        dataclasses.replace(settings, temperature=5.0), rng=7)
   assert (hot.tokens != greedy.tokens).any()
 
 
@@ -336,7 +378,7 @@ def test_generator_text_round_trip():
   config = micro_config()
   params = random_params(config)
   spm = vocab.get_vocabulary()
-  generator = generator_lib.Generator(config, params, spm, prefix_lm=True, batch_size=4)
+  generator = generator_lib.Generator(config, params, spm, PREFIX_LM_LAYOUT, batch_size=4)
   prompts = ["Alice lives in Paris.", "What is 12 + 7?", "The pet of Bob is a"]
   assert generator.generate([], max_new_tokens=STEPS) == []
   outputs = generator.generate(prompts, max_new_tokens=STEPS)

@@ -105,7 +105,7 @@ def test_greedy_generation_equals_transformers_generate(imported, name):
     want = m.model.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=32,
                             do_sample=False, pad_token_id=0)[0, prompt.shape[1]:].numpy()
   got = decoding.decode(m.params, m.cfg, m.to_model[prompt], np.array([prompt.shape[1]]),
-                        max_new_tokens=32, prefix_lm=False, eos_id=None).tokens[0]
+                        decoding.DecodeSettings(max_new_tokens=32, eos_id=None)).tokens[0]
   assert len(want) == 32
   np.testing.assert_array_equal(got, m.to_model[want])
 
@@ -187,7 +187,8 @@ def test_exported_model_runs_as_a_prefix_lm_in_transformers(imported, tmp_path, 
   assert np.abs(causal[:, :199] - ours[:, :199]).max() > 1e-2
   assert np.abs(causal[:, 200:] - ours[:, 200:]).max() > 1e-2
   prompt = ids[:, :100]
-  want = decoding.decode(m.params, m.cfg, m.to_model[prompt], np.array([100]), max_new_tokens=32,
-                         prefix_lm=True, eos_id=None).tokens[0]
+  want = decoding.decode(m.params, m.cfg, m.to_model[prompt], np.array([100]),
+                         decoding.DecodeSettings(max_new_tokens=32, prefix_lm=True,
+                                                 eos_id=None)).tokens[0]
   got = hf_prefix_lm_greedy(model, torch.as_tensor(prompt).long(), 32)
   np.testing.assert_array_equal(m.to_model[np.array(got)], want)

@@ -127,6 +127,15 @@ class RowLayout:
     """Whether the inputs (prompt) are attended bidirectionally: a prefix LM."""
     return self.kind == PREFIX_LM
 
+  def with_bidirectional_inputs(self, bidirectional: bool) -> "RowLayout":
+    """This layout with its prompt attended bidirectionally or causally (`ul2flan infer
+    --[no-]prefix_lm`). A model trained to answer after its inputs' EOS keeps that EOS."""
+    if bidirectional:
+      kind = PREFIX_LM
+    else:
+      kind = PREFIX_LM_CAUSAL if self.prompt_ends_with_eos else LM
+    return dataclasses.replace(self, kind=kind)
+
   # ---- prompts ----------------------------------------------------------------------------------
   @property
   def prompt_ends_with_eos(self) -> bool:

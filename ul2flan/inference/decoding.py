@@ -1,14 +1,10 @@
-"""Batched autoregressive decoding with a KV cache, and a text `Generator` over a checkpoint.
+"""Batched autoregressive decoding with a KV cache (the `Generator` over it: `generator.py`).
 
-Prompt layout (what the model saw in training, seqio conventions):
-  * Decoder inputs are targets shifted right, so every sequence starts with BOS id 0.
-  * Prefix LM (`seqio.PrefixLMFeatureConverter`): inputs end with EOS (id 1); in shifted-input space
-    the bidirectional region is BOS + input tokens + that EOS, and the first target is predicted
-    at the EOS position. So a prompt is fed as `[0] + ids + [1]`, all of it bidirectional.
-  * Causal prefix LM (`prefix_lm_causal`, Flan-PaLM from a causal PaLM): the same `[0] + ids + [1]`
-    layout as a prefix LM (the model was trained to answer after the inputs' EOS), attended causally.
-  * Causal LM (`seqio.DecoderFeatureConverter`): a prompt is `[0] + ids` (no EOS: that would end
-    the document), attended causally.
+Prompt layout: `ul2flan.row_layout.RowLayout.prompt` (the one owner) lays a prompt out as the
+model's training rows began: the start slot (id 0), the ids, and for both prefix-LM layouts the
+EOS that ends the inputs (the answer is predicted there). `DecodeSettings.prefix_lm` attends
+the prompt bidirectionally; `hide_start` hides the start slot, as training did for a model
+pre-trained without a BOS.
 
 Batch layout: prompts are RIGHT-padded into a [batch, prompt_len] array. Cache slot i holds the
 token at position i, so row r's prompt fills slots 0..len_r-1 and its t-th generated token goes
@@ -61,12 +57,6 @@ class DecodeResult(NamedTuple):
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def model_prompt(ids: Sequence[int], ends_with_eos: bool, eos_id: int = EOS_ID) -> list[int]:
-  """The decoder input tokens of a prompt: BOS, the ids, and EOS (the vocabulary's) for both
-  prefix-LM layouts."""
-  return [PAD_ID] + list(ids) + ([eos_id] if ends_with_eos else [])
-
-
 def pad_prompts(prompts: Sequence[Sequence[int]], length: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
   """Right-pads model prompts into ([batch, length] int32 tokens, [batch] int32 lengths)."""
@@ -182,13 +172,60 @@ def _no_stops(vocab_size: int) -> np.ndarray:
   return stop_table([""] * vocab_size, ())
 
 
-# ---- the two decoding loops ---------------------------------------------------------------------
+# ---- settings -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """How `decode` continues a batch of prompts.
+
+  Attributes:
+    max_new_tokens: tokens to generate at most per row.
+    prefix_lm: attend bidirectionally over the prompt (the model was trained as a prefix LM).
+    hide_start: hide each row's start slot (position 0) from the other positions, as training
+      did for a model pre-trained without a BOS (`ul2flan.row_layout.RowLayout.hidden_start`).
+    temperature: 0 for greedy decoding, else the softmax temperature of sampling.
+    top_k, top_p: sampling filters (None: off).
+    eos_id: a row stops after this token; None never stops early.
+    use_cache: False runs the uncached reference (full forward pass every step).
+    scan_layers: run the layers scanned (True) or unrolled (False) whatever layout the params
+      have (None: theirs). Scanned compiles several times faster; unrolled steps faster, since
+      each layer's cache is then updated in place (`_PerLayer`) where a scan copies the cache
+      every step.
+  """
+  max_new_tokens: int
+  prefix_lm: bool = False
+  hide_start: bool = False
+  temperature: float = 0.0
+  top_k: int | None = None
+  top_p: float | None = None
+  eos_id: int | None = EOS_ID
+  use_cache: bool = True
+  scan_layers: bool | None = None
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    check_sampling(self.temperature, self.top_k, self.top_p)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Static:
   """Arguments that fix the compiled program."""
   max_new_tokens: int
   prefix_lm: bool
+  hide_start: bool
   greedy: bool
+
+
+class _Traced(NamedTuple):
+  """Arguments traced into the compiled program: changing them does not recompile."""
+  temperature: Array
+  top_k: Array
+  top_p: Array
+  eos_id: Array
+  stops: Array
+
+
+# ---- the two decoding loops ---------------------------------------------------------------------
 
 
 def _last_prompt_logits(logits: Array, lengths: Array) -> Array:
@@ -263,14 +300,13 @@ def _grown_cache(cache, steps: int, config: DecoderConfig):
 
 
 def _decode_cached(model: Decoder, params, tokens: Array, lengths: Array, rng: Array,
-                   temperature: Array, top_k: Array, top_p: Array, eos_id: Array, stops: Array,
-                   static: _Static) -> tuple[Array, Array, Array]:
+                   traced: _Traced, static: _Static) -> tuple[Array, Array, Array]:
   batch, prompt_len = tokens.shape
   steps = static.max_new_tokens
   cache_len = prompt_len + steps
   cfg = model.config
-  choose = functools.partial(choose_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             greedy=static.greedy)
+  choose = functools.partial(choose_tokens, temperature=traced.temperature, top_k=traced.top_k,
+                             top_p=traced.top_p, greedy=static.greedy)
   slots = jnp.broadcast_to(jnp.arange(cache_len, dtype=jnp.int32), (batch, cache_len))
 
   # Prefill: the whole prompt batch in one pass into a cache as long as the prompts (attention
@@ -284,10 +320,10 @@ def _decode_cached(model: Decoder, params, tokens: Array, lengths: Array, rng: A
         decoder_positions=prompt_slots, decoder_causal_attention=prefix,
         cache=_cache_for_model(_empty_cache(model, batch, prompt_len), cfg),
         cache_offsets=jnp.zeros((batch,), jnp.int32), key_segment_ids=in_prompt,
-        key_positions=prompt_slots, key_causal_attention=prefix)
+        key_positions=prompt_slots, key_causal_attention=prefix, hide_start=static.hide_start)
   cache = _grown_cache(_carried_cache(cache, cfg), steps, cfg)
   first = choose(_last_prompt_logits(logits, lengths), jax.random.fold_in(rng, 0))
-  state = _first_state(first, eos_id, stops, steps)
+  state = _first_state(first, traced.eos_id, traced.stops, steps)
 
   def step(state):
     t, cache, out, done, ended, matcher = state
@@ -297,10 +333,11 @@ def _decode_cached(model: Decoder, params, tokens: Array, lengths: Array, rng: A
         {"params": params}, fed, decoder_segment_ids=jnp.ones((batch, 1), jnp.int32),
         decoder_positions=slot[:, None], cache=_cache_for_model(cache, cfg), cache_offsets=slot,
         key_segment_ids=(slots <= slot[:, None]).astype(jnp.int32), key_positions=slots,
-        key_causal_attention=None)
+        key_causal_attention=None, hide_start=static.hide_start)
     token = choose(logits[:, 0], jax.random.fold_in(rng, t))
     return (t + 1, _carried_cache(new_cache, cfg),
-            *_next_state(t, token, out, done, ended, matcher, eos_id, stops))
+            *_next_state(t, token, out, done, ended, matcher, traced.eos_id,
+                         traced.stops))
 
   t, _, out, _, ended, _ = jax.lax.while_loop(_unfinished(steps), step,
                                               (jnp.int32(1), cache, *state))
@@ -334,14 +371,13 @@ def _unfinished(steps: int):
 
 
 def _decode_uncached(model: Decoder, params, tokens: Array, lengths: Array, rng: Array,
-                     temperature: Array, top_k: Array, top_p: Array, eos_id: Array, stops: Array,
-                     static: _Static) -> tuple[Array, Array, Array]:
+                     traced: _Traced, static: _Static) -> tuple[Array, Array, Array]:
   """Reference: every step reruns the model over the whole [prompt + generated] buffer."""
   batch, prompt_len = tokens.shape
   steps = static.max_new_tokens
   total = prompt_len + steps
-  choose = functools.partial(choose_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             greedy=static.greedy)
+  choose = functools.partial(choose_tokens, temperature=traced.temperature, top_k=traced.top_k,
+                             top_p=traced.top_p, greedy=static.greedy)
   slots = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (batch, total))
   prefix = (slots < lengths[:, None]).astype(jnp.int32) if static.prefix_lm else None
   buffer = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(tokens)
@@ -350,17 +386,19 @@ def _decode_uncached(model: Decoder, params, tokens: Array, lengths: Array, rng:
   def next_token(buffer, t):
     known = (slots < (lengths + t)[:, None]).astype(jnp.int32)
     logits = model.apply({"params": params}, buffer, decoder_segment_ids=known,
-                         decoder_positions=slots, decoder_causal_attention=prefix)
+                         decoder_positions=slots, decoder_causal_attention=prefix,
+                         hide_start=static.hide_start)
     return choose(_last_prompt_logits(logits, lengths + t), jax.random.fold_in(rng, t))
 
   first = next_token(buffer, 0)
-  state = _first_state(first, eos_id, stops, steps)
+  state = _first_state(first, traced.eos_id, traced.stops, steps)
 
   def step(state):
     t, buffer, out, done, ended, matcher = state
     buffer = place(buffer, out[:, t - 1], lengths + t - 1)
     return (t + 1, buffer,
-            *_next_state(t, next_token(buffer, t), out, done, ended, matcher, eos_id, stops))
+            *_next_state(t, next_token(buffer, t), out, done, ended, matcher, traced.eos_id,
+                         traced.stops))
 
   t, _, out, _, ended, _ = jax.lax.while_loop(_unfinished(steps), step,
                                               (jnp.int32(1), buffer, *state))
@@ -408,14 +446,9 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
-def _decode_arguments(params, tokens, lengths, *, max_new_tokens: int,
-                      prefix_lm: bool, temperature: float, top_k: int | None,
-                      top_p: float | None, rng: Array | int, eos_id: int | None,
+def _decode_arguments(params, tokens, lengths, settings: DecodeSettings, rng: Array | int,
                       stops: np.ndarray | None, vocab_size: int):
-  """Checks the settings; returns (positional args, static args) of the jitted loop."""
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  check_sampling(temperature, top_k, top_p)
+  """Checks the batch; returns (positional args, static args) of the jitted loop."""
   tokens = jnp.asarray(tokens, jnp.int32)
   lengths = jnp.asarray(lengths, jnp.int32)
   if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
@@ -427,62 +460,47 @@ def _decode_arguments(params, tokens, lengths, *, max_new_tokens: int,
                      f"{stops.shape}")
   if isinstance(rng, int):
     rng = jax.random.key(rng)
-  args = (params, tokens, lengths, rng, jnp.float32(temperature), jnp.int32(top_k or 0),
-          jnp.float32(1.0 if top_p is None else top_p),
-          jnp.int32(-1 if eos_id is None else eos_id), jnp.asarray(stops))
-  return args, _Static(max_new_tokens=max_new_tokens, prefix_lm=prefix_lm,
-                       greedy=temperature == 0.0)
+  traced = _Traced(jnp.float32(settings.temperature), jnp.int32(settings.top_k or 0),
+                   jnp.float32(1.0 if settings.top_p is None else settings.top_p),
+                   jnp.int32(-1 if settings.eos_id is None else settings.eos_id),
+                   jnp.asarray(stops))
+  static = _Static(max_new_tokens=settings.max_new_tokens, prefix_lm=settings.prefix_lm,
+                   hide_start=settings.hide_start, greedy=settings.temperature == 0.0)
+  return (params, tokens, lengths, rng, traced), static
 
 
-def decode(params, config: DecoderConfig, tokens, lengths, *, max_new_tokens: int,
-           prefix_lm: bool, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, rng: Array | int = 0, eos_id: int | None = EOS_ID,
-           stops: np.ndarray | None = None, use_cache: bool = True,
-           scan_layers: bool | None = None) -> DecodeResult:
-  """Continues a right-padded batch of model prompts (see `model_prompt` / `pad_prompts`).
+def _compiled_for(config: DecoderConfig, settings: DecodeSettings) -> Callable:
+  scan_layers = config.scan_layers if settings.scan_layers is None else settings.scan_layers
+  return _compiled(config, settings.use_cache, scan_layers)
+
+
+def decode(params, config: DecoderConfig, tokens, lengths, settings: DecodeSettings, *,
+           rng: Array | int = 0, stops: np.ndarray | None = None) -> DecodeResult:
+  """Continues a right-padded batch of model prompts (`RowLayout.prompt`, `pad_prompts`).
 
   Args:
     params: the decoder's parameters.
     config: the decoder's architecture.
     tokens: [batch, prompt_len] int model prompts, right-padded.
     lengths: [batch] number of real tokens per row (>= 1).
-    max_new_tokens: tokens to generate at most per row.
-    prefix_lm: attend bidirectionally over the prompt (the model was trained as a prefix LM).
-    temperature: 0 for greedy decoding, else the softmax temperature of sampling.
-    top_k, top_p: sampling filters (None: off).
+    settings: how to decode (`DecodeSettings`).
     rng: a JAX key or an int seed; step t draws with `fold_in(rng, t)`.
-    eos_id: a row stops after this token; None never stops early.
     stops: a `stop_table`: a row also stops after the token that completes a stop sequence.
-    use_cache: False runs the uncached reference (full forward pass every step).
-    scan_layers: run the layers scanned (True) or unrolled (False) whatever layout the params
-      have (None: theirs). Scanned compiles several times faster; unrolled steps faster, since
-      each layer's cache is then updated in place (`_PerLayer`) where a scan copies the cache
-      every step.
 
   A row that has stopped takes PAD_ID and no longer changes; the loop ends when every row has
   stopped, so the batch costs as many steps as its longest row.
   """
-  args, static = _decode_arguments(
-      params, tokens, lengths, max_new_tokens=max_new_tokens, prefix_lm=prefix_lm,
-      temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, stops=stops,
-      vocab_size=config.vocab_size)
-  scan_layers = config.scan_layers if scan_layers is None else scan_layers
-  out, ended, steps = jax.device_get(
-      _compiled(config, use_cache, scan_layers)(*args, static=static))
+  args, static = _decode_arguments(params, tokens, lengths, settings, rng, stops,
+                                   config.vocab_size)
+  out, ended, steps = jax.device_get(_compiled_for(config, settings)(*args, static=static))
   return DecodeResult(tokens=np.asarray(out), lengths=np.asarray(ended), steps=int(steps))
 
 
-def compile_decode(params, config: DecoderConfig, tokens, lengths, *, use_cache: bool = True,
-                   scan_layers: bool | None = None, **settings) -> Callable[[], Array]:
+def compile_decode(params, config: DecoderConfig, tokens, lengths, settings: DecodeSettings, *,
+                   rng: Array | int = 0, stops: np.ndarray | None = None) -> Callable[[], Array]:
   """Compiles `decode(...)` for these inputs ahead of time; returns a call that only runs it
-  and gives the generated tokens.
-
-  For timing compilation and decoding apart (benchmarks). `settings` are `decode`'s keywords.
-  """
-  settings = {"temperature": 0.0, "top_k": None, "top_p": None, "rng": 0, "eos_id": EOS_ID,
-              "stops": None, **settings}
-  args, static = _decode_arguments(params, tokens, lengths, vocab_size=config.vocab_size,
-                                   **settings)
-  scan_layers = config.scan_layers if scan_layers is None else scan_layers
-  compiled = _compiled(config, use_cache, scan_layers).lower(*args, static=static).compile()
+  and gives the generated tokens (for timing compilation and decoding apart: benchmarks)."""
+  args, static = _decode_arguments(params, tokens, lengths, settings, rng, stops,
+                                   config.vocab_size)
+  compiled = _compiled_for(config, settings).lower(*args, static=static).compile()
   return lambda: compiled(*args)[0]

@@ -6,10 +6,11 @@ prompt layout it was trained with, the trained prompt length) and restores the p
 `generate_ids` (token-level prompts, e.g. infilling with a sentinel inside), `score_options` (rank
 classification: the log-likelihood of each answer option) and `score_ids` (token-level scoring).
 
-Prompt layout (`decoding` describes the three): `prefix_lm` says whether the prompt is attended
-bidirectionally, `prompt_eos` whether it ends with the EOS the model was trained to answer after
-(`RowLayout.prompt_ends_with_eos`: true for a prefix LM and for a causal prefix LM such as
-Flan-base, false for a plain causal LM).
+Prompt layout: the run's `RowLayout` (`ul2flan.row_layout`), the same object that laid out its
+training rows. `prefix_lm` says whether the prompt is attended bidirectionally, `prompt_eos`
+whether it ends with the EOS the model was trained to answer after (true for a prefix LM and for
+a causal prefix LM such as Flan-base, false for a plain causal LM), and a model pre-trained
+without a BOS has its start slot hidden in every forward pass, prefill, decode and scoring alike.
 """
 
 from __future__ import annotations
@@ -113,22 +114,16 @@ class Generator:
   params are stored in.
   """
 
-  def __init__(self, config: DecoderConfig, params, vocabulary, *, prefix_lm: bool,
-               prompt_eos: bool | None = None, batch_size: int = 16,
-               max_prompt_tokens: int | None = None,
+  def __init__(self, config: DecoderConfig, params, vocabulary, layout: row_layout.RowLayout, *,
+               batch_size: int = 16, max_prompt_tokens: int | None = None,
                partitioner: partitioning.Partitioner | None = None,
                scan_layers: bool | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prompt_eos = prefix_lm if prompt_eos is None else prompt_eos
-    if prefix_lm and not prompt_eos:
-      raise ValueError("a prefix LM answers after the EOS that ends its inputs: prompt_eos=False "
-                       "only makes sense for a causal model")
     self.config = config
     self.params = params
     self.vocabulary = vocabulary
-    self.prefix_lm = prefix_lm
-    self.prompt_eos = prompt_eos
+    self.layout = layout
     self.batch_size = batch_size
     self.max_prompt_tokens = max_prompt_tokens
     self.partitioner = partitioner
@@ -140,10 +135,20 @@ class Generator:
     self._stop_tables: dict[tuple[str, ...], np.ndarray] = {}
 
   @property
+  def prefix_lm(self) -> bool:
+    return self.layout.bidirectional_inputs
+
+  @property
+  def prompt_eos(self) -> bool:
+    return self.layout.prompt_ends_with_eos
+
+  @property
   def layout_name(self) -> str:
     if self.prefix_lm:
-      return "prefix LM"
-    return "causal prefix LM (inputs EOS targets)" if self.prompt_eos else "causal LM"
+      name = "prefix LM"
+    else:
+      name = "causal prefix LM (inputs EOS targets)" if self.prompt_eos else "causal LM"
+    return name + (", start slot hidden" if self.layout.hidden_start else "")
 
   def count_tokens(self, text: str) -> int:
     """Prompt length as the training inputs measured it (ids, plus the inputs' EOS if any)."""
@@ -154,10 +159,9 @@ class Generator:
 
   def _model_prompt(self, ids: Sequence[int], prompt_eos: bool | None) -> list[int]:
     """The one place that lays out a model prompt (start slot, ids, inputs' EOS)."""
-    prompt_eos = self.prompt_eos if prompt_eos is None else prompt_eos
-    if self.prefix_lm and not prompt_eos:
+    if self.prefix_lm and prompt_eos is False:
       raise ValueError("a prefix LM's prompt ends with the EOS of its inputs")
-    return decoding.model_prompt(list(ids), prompt_eos, self.eos_id)
+    return self.layout.prompt(ids, self.eos_id, ends_with_eos=prompt_eos)
 
   def decode_text(self, ids: Sequence[int]) -> str:
     ids = list(ids)
@@ -232,15 +236,18 @@ class Generator:
     filler = [[PAD_ID]] * (rows - len(prompts))  # a lone start slot; its output is dropped
     length = bucket_length(max(len(p) for p in prompts))
     tokens, lengths = decoding.pad_prompts(prompts + filler, length)
-    kwargs["scan_layers"] = (kwargs["max_new_tokens"] <= SCANNED_UP_TO_NEW_TOKENS
-                             if self.scan_layers is None else self.scan_layers)
+    rng, stops = kwargs.pop("rng"), kwargs.pop("stops")
+    settings = decoding.DecodeSettings(
+        prefix_lm=self.prefix_lm, hide_start=self.layout.hidden_start, eos_id=self.eos_id,
+        scan_layers=(kwargs["max_new_tokens"] <= SCANNED_UP_TO_NEW_TOKENS
+                     if self.scan_layers is None else self.scan_layers), **kwargs)
     if self.partitioner is None:
-      result = decoding.decode(self.params, self.config, tokens, lengths, prefix_lm=self.prefix_lm,
-                               eos_id=self.eos_id, **kwargs)
+      result = decoding.decode(self.params, self.config, tokens, lengths, settings, rng=rng,
+                               stops=stops)
     else:
       with self.partitioner.activation_context():
-        result = decoding.decode(self.params, self.config, tokens, lengths,
-                                 prefix_lm=self.prefix_lm, eos_id=self.eos_id, **kwargs)
+        result = decoding.decode(self.params, self.config, tokens, lengths, settings, rng=rng,
+                                 stops=stops)
     stats = self._call_stats
     stats["decode_calls"] += 1
     stats["decode_steps"] += result.steps
@@ -310,20 +317,20 @@ class Generator:
       arrays["segments"][r, :len(sequence)] = 1
       arrays["prefix"][r, :len(prompt)] = 1
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (self.batch_size, length))
-    scored = _sequence_log_likelihood(self.config, self.prefix_lm)(
+    scored = _sequence_log_likelihood(self.config, self.prefix_lm, self.layout.hidden_start)(
         self.params, arrays["tokens"], arrays["targets"], arrays["weights"],
         arrays["segments"], positions, arrays["prefix"])
     return [float(x) for x in np.asarray(scored)[:len(chunk)]]
 
 
 @functools.lru_cache(maxsize=None)
-def _sequence_log_likelihood(config: DecoderConfig, prefix_lm: bool):
+def _sequence_log_likelihood(config: DecoderConfig, prefix_lm: bool, hide_start: bool):
   model = decoder_lib.Decoder(config)
 
   @jax.jit
   def score(params, tokens, targets, weights, segments, positions, prefix):
     logits = model.apply({"params": params}, tokens, segments, positions,
-                         prefix if prefix_lm else None)
+                         prefix if prefix_lm else None, hide_start=hide_start)
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * weights, axis=-1)
@@ -344,15 +351,13 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   vocabulary = run_info.build_vocabulary()
   layout = row_layout.RowLayout.of(run_info.feature_converter, vocabulary)
-  prefix_lm = layout.bidirectional_inputs if prefix_lm is None else prefix_lm
-  # A model trained to answer after its inputs' EOS gets that EOS, whatever its attention.
-  prompt_eos = layout.prompt_ends_with_eos or prefix_lm
+  if prefix_lm is not None:
+    layout = layout.with_bidirectional_inputs(prefix_lm)
   config = run_info.decoder_config
   partitioner = partitioning.Partitioner({"data": -1})
   params, step = checkpoints.restore_params(checkpoint,
                                             decoder_lib.abstract_params(config, partitioner))
-  generator = Generator(config, params, vocabulary, prefix_lm=prefix_lm,
-                        prompt_eos=prompt_eos, batch_size=batch_size,
+  generator = Generator(config, params, vocabulary, layout, batch_size=batch_size,
                         max_prompt_tokens=max_prompt_tokens or run_info.prompt_budget,
                         partitioner=partitioner, scan_layers=scan_layers)
   logger.info("loaded step %d from %s (%s)", step, checkpoint, generator.layout_name)
