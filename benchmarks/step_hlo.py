@@ -33,8 +33,7 @@ def normalized_hlo(shape: str) -> list[str]:
   cfg = DecoderConfig(**kwargs)
   part = partitioning.Partitioner({"data": -1})
   sched = optim.make_schedule(kind="constant", base_learning_rate=1e-3, warmup_steps=0)
-  builder = steps.StepBuilder(cfg, part, optim.make_optimizer(sched), sched, seed=0,
-                              z_loss=1e-4, num_microbatches=1)
+  builder = steps.StepBuilder(cfg, part, optim.make_optimizer(sched), sched)
   features = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
               "decoder_segment_ids", "decoder_positions")
   step = builder.jit_train_step({k: (batch, length) for k in features})

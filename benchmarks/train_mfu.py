@@ -76,7 +76,7 @@ def run_one(shape: str, attention: str, seq: int | None, remat: str | None, step
   part = partitioning.Partitioner({"data": -1})
   sched = optim.make_schedule(kind="constant", base_learning_rate=1e-3, warmup_steps=0)
   tx = optim.make_optimizer(sched)
-  builder = steps_lib.StepBuilder(cfg, part, tx, sched, seed=0, z_loss=1e-4, num_microbatches=1)
+  builder = steps_lib.StepBuilder(cfg, part, tx, sched, steps_lib.StepSettings())
   params = builder.init_params(0)
   state = builder.make_state(0, params, builder.init_opt_state(params))
   local = synthetic_batch(batch, length, cfg.vocab_size, packed)

@@ -59,7 +59,7 @@ def _train(dtype, steps_count):
   part = partitioning.Partitioner({"data": -1})
   sched = optim.make_schedule(kind="constant", base_learning_rate=3e-3, warmup_steps=0)
   tx = optim.make_optimizer(sched, name="adamw")
-  builder = steps.StepBuilder(cfg, part, tx, sched, seed=0, z_loss=1e-4, num_microbatches=1)
+  builder = steps.StepBuilder(cfg, part, tx, sched, steps.StepSettings())
   params = jax.device_put(builder.init_params(0), jax.devices()[0])  # same float32 init (seed)
   state = builder.make_state(0, params, builder.tx.init(params))
   batches = list(_batches(steps_count))

@@ -405,7 +405,8 @@ def test_self_consistency_votes_extracted_answers():
       return [["So the answer is 3.", "The answer is 5.", "the answer is 5", "no idea"]
               for _ in prompts]
 
-  voted = self_consistency.self_consistency(Canned(), ["q1", "q2"], num_samples=4, max_new_tokens=16)
+  voted = self_consistency.self_consistency(
+      Canned(), ["q1", "q2"], self_consistency.Sampling(num_samples=4, max_new_tokens=16))
   assert [v.answer for v in voted] == ["5", "5"]
   assert voted[0].answers == ["3", "5", "5", "no idea"]
 

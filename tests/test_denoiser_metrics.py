@@ -51,8 +51,8 @@ def _builder(groups=None, microbatches=1):
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   sched = optim.make_schedule(kind="constant", base_learning_rate=1e-3, warmup_steps=0)
   return steps.StepBuilder(micro_config(), part, optim.make_optimizer(sched, name="adamw"), sched,
-                           seed=0, z_loss=1e-4, num_microbatches=microbatches,
-                           segment_groups=groups)
+                           steps.StepSettings(num_microbatches=microbatches,
+                                              segment_groups=groups))
 
 
 def _groups():

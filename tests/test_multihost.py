@@ -53,8 +53,7 @@ def _eval_reference(model_dir):
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   sched = optim.make_schedule(total_steps=4)
   builder = steps.StepBuilder(micro_config(), part,
-                              optim.make_optimizer(sched), sched, seed=0, z_loss=1e-4,
-                              num_microbatches=1)
+                              optim.make_optimizer(sched), sched, steps.StepSettings())
   params, step = checkpoints.restore_params(str(model_dir), builder.abstract_params)
   nll = weight = 0.0
   for process in range(2):

@@ -158,7 +158,7 @@ def _builder():
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   sched = optim.make_schedule(total_steps=10)
   return steps.StepBuilder(micro_config(), part, optim.make_optimizer(sched, name="adamw"), sched,
-                           seed=0, z_loss=1e-4, num_microbatches=1)
+                           steps.StepSettings())
 
 
 def _resume(model_dir, **cfg):

@@ -90,8 +90,7 @@ def test_params_only_restore_starts_fresh(tmp_path, single_device_run):
          ckpt=checkpoints.CheckpointConfig(save_period=1000, async_save=False))
   dst = tmp_path / "dst"
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
-  builder = steps.StepBuilder(micro_config(), part, *_tx(), seed=0, z_loss=1e-4,
-                                num_microbatches=1)
+  builder = steps.StepBuilder(micro_config(), part, *_tx(), steps.StepSettings())
   checkpointer = Checkpointer(str(dst), checkpoints.CheckpointConfig(
       initial_checkpoint_path=str(src)))
   state, data_state, how = checkpointer.restore_or_init(builder, 0)
@@ -113,7 +112,7 @@ def _tx():
 def test_checkpoint_of_another_shape_is_rejected_by_name(tmp_path, single_device_run):
   part = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
   bigger = micro_config(mlp_dim=256)
-  builder = steps.StepBuilder(bigger, part, *_tx(), seed=0, z_loss=1e-4, num_microbatches=1)
+  builder = steps.StepBuilder(bigger, part, *_tx(), steps.StepSettings())
   with pytest.raises(checkpoints.CheckpointShapeError, match=r"mlp/wi_gate.*\(64, 128\).*\(64, 256\)"):
     checkpoints.restore_params(str(single_device_run), builder.abstract_params)
   # The checkpoint is untouched.

@@ -79,8 +79,8 @@ def test_factored_adafactor_statistics_follow_the_param_sharding():
   cfg = micro_config(d_model=128, mlp_dim=256, head_dim=32)
   part = partitioning.Partitioner({"fsdp": 2, "model": 2})
   tx = optax.adafactor(1e-3, factored=True, momentum=None)
-  builder = steps.StepBuilder(cfg, part, tx, optax.constant_schedule(1e-3), seed=0, z_loss=0.0,
-                              num_microbatches=1)
+  builder = steps.StepBuilder(cfg, part, tx, optax.constant_schedule(1e-3),
+                              steps.StepSettings(z_loss=0.0))
   shardings, shapes = builder.opt_shardings[0], builder.abstract_opt_state[0]
   for name in ("wi_gate", "wi_up", "wo"):  # (embed, mlp), (embed, mlp), (mlp, embed)
     param = builder.abstract_params["layer_0"]["mlp"][name]

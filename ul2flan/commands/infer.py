@@ -110,17 +110,15 @@ def load_generator(args: argparse.Namespace, **kwargs) -> generator_lib.Generato
 def run(args: argparse.Namespace) -> int:
   settings = sampling_settings(args)
   generator = load_generator(args, prefix_lm=args.prefix_lm, batch_size=args.batch_size)
-  common = dict(max_new_tokens=args.max_new_tokens, top_p=settings["top_p"], seed=args.seed,
-                stop_sequences=tuple(args.stop))
+  sampling = self_consistency.Sampling(
+      num_samples=settings["num_samples"], max_new_tokens=args.max_new_tokens,
+      temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+      seed=args.seed, stop_sequences=tuple(args.stop))
   if args.self_consistency:
-    voted = self_consistency.self_consistency(
-        generator, args.prompt, num_samples=settings["num_samples"],
-        temperature=settings["temperature"], top_k=settings["top_k"], **common)
+    voted = self_consistency.self_consistency(generator, args.prompt, sampling)
     records = [{"answer": v.answer, "answers": v.answers, "samples": v.samples} for v in voted]
   else:
-    outputs = generator.generate(args.prompt, temperature=settings["temperature"],
-                                 top_k=settings["top_k"], num_samples=settings["num_samples"],
-                                 **common)
+    outputs = generator.generate(args.prompt, **sampling.generate_kwargs())
     records = [{"samples": samples} for samples in outputs]
   for index, (prompt, record) in enumerate(zip(args.prompt, records)):
     if args.json:

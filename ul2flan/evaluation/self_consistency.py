@@ -15,21 +15,32 @@ class VotedAnswer:
   samples: list[str]  # the chains
 
 
-def self_consistency(generator, prompts: Sequence[str], *, num_samples: int,
-                     max_new_tokens: int,
-                     extract: Callable[[str], str] = scoring.extract_cot_answer,
-                     temperature: float = 0.7, top_k: int | None = 40,
-                     top_p: float | None = None, seed: int = 0,
-                     stop_sequences: Sequence[str] = ()) -> list[VotedAnswer]:
-  """Samples `num_samples` chains per prompt and majority-votes their extracted answers.
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How a generator samples: `Generator.generate`'s keywords, with the self-consistency paper's
+  defaults (temperature 0.7, top-k 40). `stop_sequences` end each chain at the first one."""
+  num_samples: int
+  max_new_tokens: int
+  temperature: float = 0.7
+  top_k: int | None = 40
+  top_p: float | None = None
+  seed: int = 0
+  stop_sequences: tuple[str, ...] = ()
 
-  Defaults are the self-consistency paper's (temperature 0.7, top-k 40). `stop_sequences`, when
-  given, go to the generator (each chain ends at the first one).
-  """
-  stops = {"stop_sequences": tuple(stop_sequences)} if stop_sequences else {}
-  outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
-                               **stops)
+  def generate_kwargs(self) -> dict:
+    """The keywords of `generate` (stops only when there are some: older generators lack them)."""
+    kwargs = dataclasses.asdict(self)
+    if not self.stop_sequences:
+      del kwargs["stop_sequences"]
+    return kwargs
+
+
+def self_consistency(generator, prompts: Sequence[str], sampling: Sampling,
+                     extract: Callable[[str], str] = scoring.extract_cot_answer
+                     ) -> list[VotedAnswer]:
+  """Samples `sampling.num_samples` chains per prompt and majority-votes their extracted
+  answers."""
+  outputs = generator.generate(prompts, **sampling.generate_kwargs())
   voted = []
   for samples in outputs:
     answers = [extract(s) for s in samples]

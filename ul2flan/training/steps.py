@@ -14,6 +14,7 @@ not depend on them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import flax
@@ -61,32 +62,48 @@ class TrainState:
   opt_state: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the jitted steps compute besides the model and the optimizer.
+
+  Attributes:
+    seed: initialisation and dropout.
+    z_loss: weight of the z-loss (log Z squared) added to the loss.
+    num_microbatches: the batch is split into this many microbatches, gradients accumulated.
+    skip_nonfinite: a step whose loss or gradient norm is not finite keeps the previous params
+      and optimizer state (the update is dropped); otherwise it is applied and the caller stops.
+    hide_start: a model pre-trained without a BOS (`row_layout.RowLayout.hidden_start`): each
+      segment's start slot is hidden from attention and nothing is predicted from it.
+    segment_groups: {group name: the ids that begin its segments}: per-group loss and accuracy
+      (module doc).
+  """
+  seed: int = 0
+  z_loss: float = 1e-4
+  num_microbatches: int = 1
+  skip_nonfinite: bool = False
+  hide_start: bool = False
+  segment_groups: Mapping[str, Sequence[int]] | None = None
+
+
 class StepBuilder:
   """Builds the model, shardings and the jitted train/eval steps for one configuration."""
 
   def __init__(self, model_config: DecoderConfig, partitioner: partitioning.Partitioner,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, *, seed: int,
-               z_loss: float, num_microbatches: int, skip_nonfinite: bool = False,
-               hide_start: bool = False,
-               segment_groups: Mapping[str, Sequence[int]] | None = None):
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               settings: StepSettings = StepSettings()):
     self.config = model_config
     self.model = decoder_lib.Decoder(model_config)
     self.partitioner = partitioner
     self.tx = tx
     self.schedule = schedule
-    self.seed = seed
-    self.z_loss = z_loss
-    self.num_microbatches = num_microbatches
-    # A step whose loss or gradient norm is not finite keeps the previous params and optimizer
-    # state (the update is dropped); otherwise it is applied and the caller stops the run.
-    self.skip_nonfinite = skip_nonfinite
-    # A model pre-trained without a BOS (`row_layout.RowLayout.hidden_start`): each segment's
-    # start slot is hidden from attention and nothing is predicted from it.
-    self.hide_start = hide_start
-    # {group name: the ids that begin its segments}: per-group loss and accuracy (module doc).
-    self.group_names = tuple(segment_groups or ())
-    self.group_leading_ids = tuple(tuple(int(i) for i in segment_groups[n])
-                                   for n in self.group_names)
+    self.seed = settings.seed
+    self.z_loss = settings.z_loss
+    self.num_microbatches = settings.num_microbatches
+    self.skip_nonfinite = settings.skip_nonfinite
+    self.hide_start = settings.hide_start
+    groups = settings.segment_groups or {}
+    self.group_names = tuple(groups)
+    self.group_leading_ids = tuple(tuple(int(i) for i in groups[n]) for n in self.group_names)
     self._all_finite = None
 
     self.abstract_params = decoder_lib.abstract_params(model_config, partitioner)

@@ -35,7 +35,7 @@ from ul2flan.training import validation
 from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.evaluator import Evaluator, TextGuard
 from ul2flan.training.settings import EvalConfig, TrainConfig
-from ul2flan.training.steps import StepBuilder, batch_spec
+from ul2flan.training.steps import StepBuilder, StepSettings, batch_spec
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +118,11 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
 
   schedule = optim.make_schedule(total_steps=train_cfg.total_steps)
   builder = StepBuilder(model_config, partitioner, optim.make_optimizer(schedule), schedule,
-                        seed=train_cfg.seed, z_loss=train_cfg.z_loss,
-                        num_microbatches=train_cfg.num_microbatches,
-                        skip_nonfinite=train_cfg.on_nonfinite == "skip",
-                        hide_start=layout.hidden_start,
-                        segment_groups=data_lib.denoiser_groups(train_dataset_cfg))
+                        StepSettings(seed=train_cfg.seed, z_loss=train_cfg.z_loss,
+                                     num_microbatches=train_cfg.num_microbatches,
+                                     skip_nonfinite=train_cfg.on_nonfinite == "skip",
+                                     hide_start=layout.hidden_start,
+                                     segment_groups=data_lib.denoiser_groups(train_dataset_cfg)))
   checkpointer = Checkpointer(model_dir, checkpoint_cfg or checkpoints.CheckpointConfig())
   run = _Run(model_dir, stage_name, model_config, partitioner, train_dataset_cfg, train_cfg,
              eval_cfg, builder, checkpointer,
