@@ -6,6 +6,7 @@
     --gin.HF_MODEL="'OUT/model'" --gin.UL2R_CORPUS="'jsonl:OUT/corpus.jsonl'" \
     --gin.FLAN_DATA="'OUT/flan.jsonl'" --gin.BENCHMARKS_DATA="'../shared/data/eval'" ...
   python benchmarks/hf_recipe.py nll OUT               # OUT/nll.json, a table on stdout
+  python benchmarks/hf_recipe.py dropout OUT           # loss on Flan rows, dropout off / on
 
 The data is real text that ships with this machine and no benchmark: the corpus is the Python
 documentation's topic pages (`pydoc_data.topics`, ~465k characters, one paragraph a document);
@@ -23,14 +24,33 @@ original model. docs/hf.md ("Stage defaults") has the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import json
 import os
 import random
 import re
 import sys
 
+import jax
+import jax.numpy as jnp
+import pydoc_data.topics
+import seqio
+import tensorflow as tf
+import torch
+import transformers
+
+import ul2flan_tasks  # noqa: F401  (registers the tasks)
+from ul2flan import checkpoints, config as config_lib, partitioning
+from ul2flan.hf import importer
+from ul2flan.model import decoder as decoder_lib
+from ul2flan.model.losses import cross_entropy_with_z_loss
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import real_model  # noqa: E402  (tests/: the real SmolLM2, built from its PyPI wheel)
 STAGES = ("ul2r", "flan_base", "flan_ul2r")
 HOLDOUT_EVERY = 100  # ul2flan.holdout.DEFAULT_EVERY: which rows the pipeline held out
 FLAN_SOURCES = ("Flan2021", "T0", "NIv2", "CoT")
@@ -57,9 +77,6 @@ def _blocks(text: str) -> list[str]:
 def _paragraphs() -> list[tuple[str, str]]:
   """(topic, paragraph) from the Python docs' topic pages and the docstrings of stdlib modules
   and their public members."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  import inspect  # pylint: disable=g-import-not-at-top
-  import pydoc_data.topics  # pylint: disable=g-import-not-at-top
   out = [(topic, b) for topic, text in sorted(pydoc_data.topics.topics.items())
          for b in _blocks(text)]
   for name in STDLIB_MODULES:
@@ -100,9 +117,6 @@ def _flan_rows(paragraphs: list[tuple[str, str]], demo_rows: int) -> list[dict]:
                  "targets": _first_sentence(passage), "_task_name": name,
                  "_task_source": FLAN_SOURCES[(k % len(templates)) % 2], "_template_type": kind,
                  "_template_idx": k % len(templates)})
-  sys.path.insert(0, REPO)
-  import ul2flan_tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  import seqio  # pylint: disable=g-import-not-at-top
   demo = seqio.get_mixture_or_task("demo_flan")
   ds = demo.get_dataset({"inputs": 512, "targets": 64}, split="train", shuffle=False)
   vocab = demo.output_features["targets"].vocabulary
@@ -116,8 +130,6 @@ def _flan_rows(paragraphs: list[tuple[str, str]], demo_rows: int) -> list[dict]:
 
 
 def make_data(out: str, demo_rows: int) -> None:
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  import real_model  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
   model = os.path.join(out, "model")
   if not os.path.exists(model):
@@ -134,7 +146,6 @@ def make_data(out: str, demo_rows: int) -> None:
 
 
 def _held_out(texts: list[str]) -> list[bool]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   buckets = tf.strings.to_hash_bucket_fast(texts, HOLDOUT_EVERY).numpy()
   return [int(b) == 0 for b in buckets]
 
@@ -142,8 +153,6 @@ def _held_out(texts: list[str]) -> list[bool]:
 def _nll(model_dir: str, pairs: list[tuple[str, str]], max_tokens: int = 512) -> float:
   """Mean NLL per target token of (prefix, target) pairs; a prefix of "" scores the whole text
   (the model's own first-token convention: its tokenizer's special tokens, none for SmolLM2)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
   tok = transformers.AutoTokenizer.from_pretrained(model_dir)
   model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
   total, count = 0.0, 0
@@ -206,14 +215,54 @@ def measure(out: str) -> dict:
   return results
 
 
+def dropout_effect(out: str, rows: int = 16) -> dict:
+  """Loss on Flan rows with the model's dropout off and on (0.05, the PaLM Flan preset): why a
+  training loss logged with dropout can sit far above what the model scores."""
+  imported = os.path.join(out, "imported")
+  if not os.path.exists(imported):
+    importer.import_hf(os.path.join(out, "model"), imported, scan_layers=True)
+  info = config_lib.read_run_info(imported)
+  vocab, layout = info.build_vocabulary(), info.layout
+  with open(os.path.join(out, "flan.jsonl")) as f:
+    examples = [json.loads(line) for line in f][:rows]
+  inputs, targets, weights = [], [], []
+  for ex in examples:  # a prefix-LM row: inputs EOS targets EOS, loss on the targets
+    head = list(vocab.encode(ex["inputs"]))[:250] + [vocab.eos_id]
+    tail = list(vocab.encode(ex["targets"]))[:60] + [vocab.eos_id]
+    row = head + tail
+    pad = 320 - len(row)
+    inputs.append(layout.prompt([], vocab.eos_id, ends_with_eos=False) + row[:-1] + [0] * pad)
+    targets.append(row + [0] * pad)
+    weights.append([0] * len(head) + [1] * len(tail) + [0] * pad)
+  partitioner = partitioning.Partitioner({"data": 1}, devices=jax.devices()[:1])
+  results = {}
+  for rate in (0.0, 0.05):
+    cfg = dataclasses.replace(info.decoder_config, dropout_rate=rate)
+    params, _ = checkpoints.restore_params(imported, decoder_lib.abstract_params(cfg, partitioner))
+    for dropout in ((False, True) if rate else (False,)):
+      logits = decoder_lib.Decoder(cfg).apply(
+          {"params": params}, jnp.array(inputs), enable_dropout=dropout,
+          hide_start=layout.hidden_start, rngs={"dropout": jax.random.key(0)})
+      nll, _, correct = cross_entropy_with_z_loss(logits, jnp.array(targets),
+                                                  jnp.array(weights), 0.0)
+      total = float(jnp.sum(jnp.array(weights)))
+      results[f"rate {rate}, dropout {'on' if dropout else 'off'}"] = {
+          "loss": float(nll) / total, "token_accuracy": float(correct) / total}
+  for name, r in results.items():
+    print(f"{name}: loss {r['loss']:.3f} nats/token, token accuracy {r['token_accuracy']:.3f}")
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("command", choices=("data", "nll"))
+  parser.add_argument("command", choices=("data", "nll", "dropout"))
   parser.add_argument("out")
   parser.add_argument("--demo_rows", type=int, default=600)
   args = parser.parse_args()
   if args.command == "data":
     make_data(args.out, args.demo_rows)
+  elif args.command == "dropout":
+    dropout_effect(args.out)
   else:
     measure(args.out)
 
