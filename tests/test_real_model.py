@@ -14,7 +14,9 @@ tokenizer's ids, and so must ul2flan.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ import torch
 import transformers
 
 from ul2flan import checkpoints, config as config_lib, partitioning
+from ul2flan.commands import main as cli
 from ul2flan.hf import exporter
 from ul2flan.hf_vocab import token_layout
 from ul2flan.inference import generator as generator_lib
@@ -284,3 +287,38 @@ def test_chat_prompt_answers_as_in_transformers(smollm2_ul2flan_dir, hf_model, h
   assert end_of_turn in theirs  # the answer ends within the budget
   answer = raw_tokenizer.decode(theirs[:theirs.index(end_of_turn)])
   assert generator.generate([text], max_new_tokens=40) == [[answer]]
+
+
+BBH_TASKS = ("boolean_expressions", "sports_understanding")
+
+
+@pytest.mark.slow
+def test_eval_on_bbh_answers_as_a_transformers_loop(smollm2_ul2flan_dir, hf_model, raw_tokenizer,
+                                                    tmp_path):
+  """`ul2flan eval` on a few BBH items (3-shot, direct, through the chat template) writes, for
+  every prompt, the continuation a plain transformers greedy loop writes for the same text (to
+  the end of the turn, cut at BBH's stop)."""
+  shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
+  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
+    os.makedirs(tmp_path / "data" / "bbh" / sub)
+    for task in BBH_TASKS:
+      shutil.copy(os.path.join(shared, sub, f"{task}.{ext}"), tmp_path / "data" / "bbh" / sub)
+  out = tmp_path / "eval"
+  assert cli.main(["eval", "--checkpoint", smollm2_ul2flan_dir, "--benchmark", "bbh", "--mode",
+                   "direct", "--data_dir", str(tmp_path / "data"), "--max_examples", "3",
+                   "--output_dir", str(out)]) == 0
+  records = [json.loads(line) for path in sorted(out.glob("*.predictions.jsonl"))
+             for line in path.read_text().splitlines()]
+  assert len(records) == 3 * len(BBH_TASKS)
+  end_of_turn = raw_tokenizer.token_to_id("<|im_end|>")
+  for record in records:
+    prompt = record["prompt"]
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith(
+        "<|im_start|>assistant\n")  # the model's chat template, one user turn
+    ids = encode(raw_tokenizer, prompt)
+    with torch.no_grad():
+      new = hf_model.generate(torch.as_tensor([ids]), attention_mask=torch.ones(
+          1, len(ids), dtype=torch.long), max_new_tokens=64, do_sample=False)[0, len(ids):].tolist()
+    if end_of_turn in new:
+      new = new[:new.index(end_of_turn)]
+    assert record["prediction"] == raw_tokenizer.decode(new).split("\n")[0], record["id"]
