@@ -2,10 +2,12 @@
 known, infilling prompts laid out by hand from the R denoiser's definition, the Flan normalized
 score by its published definition, the seed summary by hand-computed means."""
 
+import copy
 import json
 
 import pytest
 
+from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.demo import evaluate
 from ul2flan.demo import probes
@@ -28,11 +30,21 @@ class StubModel:
   def __init__(self, *, prefix_lm=False, prompt_eos=None, option_scores=None, id_scores=None,
                texts=None, infills=None):
     self.vocabulary = VOCAB
-    self.prefix_lm = prefix_lm
-    self.prompt_eos = prefix_lm if prompt_eos is None else prompt_eos
+    prompt_eos = prefix_lm if prompt_eos is None else prompt_eos
+    kind = (row_layout.PREFIX_LM if prefix_lm else
+            row_layout.PREFIX_LM_CAUSAL if prompt_eos else row_layout.LM)
+    self.layout = row_layout.RowLayout(kind)
     self.option_scores, self.id_scores = option_scores, id_scores
     self.texts, self.infills = texts or {}, infills
     self.calls = []
+
+  prefix_lm = property(lambda self: self.layout.bidirectional_inputs)
+  prompt_eos = property(lambda self: self.layout.prompt_ends_with_eos)
+
+  def with_layout(self, layout):
+    view = copy.copy(self)
+    view.layout = layout
+    return view
 
   def generate(self, prompts, *, max_new_tokens):
     return [[self.texts.get(p, "")] for p in prompts]

@@ -30,7 +30,6 @@ The model is reached only through `generate`, `generate_ids`, `score_options` an
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Sequence
 import jax
 
 from ul2flan import paths
+from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.demo import probes
 from ul2flan.demo import report as demo_report
@@ -115,9 +115,7 @@ def trained_s_sentinel(model_dir) -> bool:
 def causal_view(gen):
   """The same weights read as the causal LM they were pre-trained as: causal attention, no EOS
   after the prompt (a U-model's or a Flan model's knowledge, apart from its new layout)."""
-  view = copy.copy(gen)
-  view.prefix_lm, view.prompt_eos = False, False
-  return view
+  return gen.with_layout(dataclasses.replace(gen.layout, kind=row_layout.LM))
 
 
 # ---- knowledge ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ without a BOS has its start slot hidden in every forward pass, prefill, decode a
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -133,6 +134,12 @@ class Generator:
     self._token_texts: list[str] | None = None
     self._call_stats: dict[str, int] = {}
     self._stop_tables: dict[tuple[str, ...], np.ndarray] = {}
+
+  def with_layout(self, layout: row_layout.RowLayout) -> "Generator":
+    """The same model and params prompted in another layout (e.g. a U-model read causally)."""
+    view = copy.copy(self)
+    view.layout = layout
+    return view
 
   @property
   def prefix_lm(self) -> bool:
