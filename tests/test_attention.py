@@ -86,10 +86,9 @@ def _layer_output(cfg, impl, x, seg, pos, prefix, use_window):
   impl = attention.resolve_impl(cfg, cached=False)  # the soft-cap falls back to "xla"
   layer = attention.Attention(cfg)
   j = lambda a: None if a is None else jnp.asarray(a)
-  masks = attention.build_masks(cfg, impl, query_positions=j(pos), key_positions=j(pos),
-                                query_segments=j(seg), key_segments=j(seg),
-                                query_prefix=j(prefix), key_prefix=j(prefix), cached=False,
-                                plain_causal=False)
+  masks = attention.build_masks(cfg, impl, attention.MaskInputs(
+      query_positions=j(pos), key_positions=j(pos), query_segments=j(seg), key_segments=j(seg),
+      query_prefix=j(prefix), key_prefix=j(prefix)), cached=False, plain_causal=False)
   params = nn.unbox(layer.init(jax.random.key(1), j(x), j(pos), masks, True,
                                use_window=use_window))["params"]
   out, _ = layer.apply({"params": params}, j(x), j(pos), masks, True, use_window=use_window)
@@ -123,9 +122,9 @@ def test_attention_layer_matches_numpy(options, prefix_lm, impl):
 def test_window_mask_matches_reference():
   seg, pos, prefix = packed_batch()
   for window, pre in [(1, None), (2, prefix), (3, prefix), (20, None)]:
-    got = attention.attention_mask(*(jnp.asarray(a) for a in (pos, pos, seg, seg)),
-                                   None if pre is None else jnp.asarray(pre),
-                                   None if pre is None else jnp.asarray(pre), window)
+    got = attention.attention_mask(attention.MaskInputs(
+        *(jnp.asarray(a) for a in (pos, pos, seg, seg)), None if pre is None else jnp.asarray(pre),
+        None if pre is None else jnp.asarray(pre)), window)
     want = reference_mask(seg, pos, np.zeros_like(seg) if pre is None else pre, window)
     np.testing.assert_array_equal(np.asarray(got)[:, 0], want)
 
@@ -289,10 +288,9 @@ def test_fused_core_gets_a_mask_only_where_nothing_else_fits():
 
   def masks(impl, prefix=None, plain=False, cached=False, **options):
     cfg = micro_config(**options)
-    return attention.build_masks(cfg, impl, query_positions=j(pos), key_positions=j(pos),
-                                 query_segments=j(seg), key_segments=j(seg),
-                                 query_prefix=prefix, key_prefix=prefix, cached=cached,
-                                 plain_causal=plain)
+    return attention.build_masks(cfg, impl, attention.MaskInputs(
+        query_positions=j(pos), key_positions=j(pos), query_segments=j(seg), key_segments=j(seg),
+        query_prefix=prefix, key_prefix=prefix), cached=cached, plain_causal=plain)
 
   plain = masks("cudnn", plain=True)
   assert plain.global_mask is None and plain.causal  # unpacked causal LM: is_causal alone

@@ -38,11 +38,11 @@ def packed_prefix_batch():
 
 def test_prefix_lm_mask_matches_numpy_reference():
   seg, pos, prefix = packed_prefix_batch()
-  got = model.attention_mask(jnp.array(pos), jnp.array(pos), jnp.array(seg), jnp.array(seg),
-                             jnp.array(prefix), jnp.array(prefix))
+  got = model.attention_mask(model.MaskInputs(jnp.array(pos), jnp.array(pos), jnp.array(seg),
+                                             jnp.array(seg), jnp.array(prefix), jnp.array(prefix)))
   np.testing.assert_array_equal(np.asarray(got)[:, 0], reference_mask(seg, pos, prefix))
-  causal = model.attention_mask(jnp.array(pos), jnp.array(pos), jnp.array(seg), jnp.array(seg),
-                                None, None)
+  causal = model.attention_mask(model.MaskInputs(jnp.array(pos), jnp.array(pos), jnp.array(seg),
+                                                jnp.array(seg)))
   np.testing.assert_array_equal(np.asarray(causal)[:, 0],
                                 reference_mask(seg, pos, np.zeros_like(prefix)))
 
@@ -62,7 +62,8 @@ def test_seqio_prefix_lm_features_drive_the_mask():
   seg, pos, pre = (out["decoder_segment_ids"], out["decoder_positions"],
                    out["decoder_causal_attention"])
   assert seg.max() == 2, "both examples should be packed in one row"
-  got = model.attention_mask(*(jnp.array(x) for x in (pos, pos, seg, seg, pre, pre)))
+  got = model.attention_mask(model.MaskInputs(*(jnp.array(x) for x in (pos, pos, seg, seg, pre,
+                                                                         pre))))
   np.testing.assert_array_equal(np.asarray(got)[:, 0], reference_mask(seg, pos, pre))
   # Per segment, the bidirectional positions hold exactly BOS + the inputs (shifted input space)
   # and the loss covers exactly the target tokens (+ EOS).

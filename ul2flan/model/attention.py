@@ -16,7 +16,7 @@ training, prefill and one-token decode steps.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -35,10 +35,19 @@ _SCORE_ALGORITHMS = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF
                      jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32}
 
 
-def attention_mask(query_positions: Array, key_positions: Array,
-                   query_segments: Array, key_segments: Array,
-                   query_prefix: Array | None, key_prefix: Array | None,
-                   window: int | None = None, hide_start: bool = False) -> Array:
+class MaskInputs(NamedTuple):
+  """What one forward pass's masks are built from: positions and segment ids of the queries and
+  the keys (the same arrays without a cache), and the bidirectional prefix (None: causal)."""
+  query_positions: Array
+  key_positions: Array
+  query_segments: Array
+  key_segments: Array
+  query_prefix: Array | None = None
+  key_prefix: Array | None = None
+
+
+def attention_mask(inputs: MaskInputs, window: int | None = None,
+                   hide_start: bool = False) -> Array:
   """Boolean [batch, 1, q_len, k_len] mask: causal, or bidirectional within the prefix.
 
   A key is visible when it is in the query's segment (segment 0 is padding and sees nothing) and
@@ -48,6 +57,8 @@ def attention_mask(query_positions: Array, key_positions: Array,
   bidirectional prefix). With `hide_start` (a model pre-trained without a BOS,
   `ul2flan.row_layout`), a segment's start slot (position 0) is visible to itself only.
   """
+  (query_positions, key_positions, query_segments, key_segments, query_prefix,
+   key_prefix) = inputs
   same_segment = (query_segments[:, :, None] == key_segments[:, None, :]) & (
       key_segments[:, None, :] > 0)
   causal = key_positions[:, None, :] <= query_positions[:, :, None]
@@ -124,10 +135,8 @@ class AttentionMasks:
     return jnp.where(use_window, self.local_mask, self.global_mask), None
 
 
-def build_masks(cfg: DecoderConfig, impl: str, *, query_positions: Array, key_positions: Array,
-                query_segments: Array, key_segments: Array, query_prefix: Array | None,
-                key_prefix: Array | None, cached: bool, plain_causal: bool,
-                hide_start: bool = False) -> AttentionMasks:
+def build_masks(cfg: DecoderConfig, impl: str, inputs: MaskInputs, *, cached: bool,
+                plain_causal: bool, hide_start: bool = False) -> AttentionMasks:
   """The masks of one forward pass. `plain_causal`: no segments, positions or prefix were given
   and there is no cache, so the fused core needs only `is_causal`. `hide_start`: see
   `attention_mask` (it needs a mask array, so the fused core no longer gets by with a flag)."""
@@ -136,12 +145,11 @@ def build_masks(cfg: DecoderConfig, impl: str, *, query_positions: Array, key_po
   any_local, any_global = any(flags), not all(flags)
   traced_flags = cfg.scan_layers and cfg.window_varies_by_layer
   fused = impl != "xla"
-  causal = fused and not cached and query_prefix is None
+  causal = fused and not cached and inputs.query_prefix is None
   flag_window = cfg.sliding_window if (causal and any_local and not traced_flags) else None
 
   def build(window):
-    mask = attention_mask(query_positions, key_positions, query_segments, key_segments,
-                          query_prefix, key_prefix, window, hide_start)
+    mask = attention_mask(inputs, window, hide_start)
     return mask if fused else jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
 
   need_global = any_global or flag_window is not None or traced_flags

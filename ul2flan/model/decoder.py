@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ul2flan import partitioning
-from ul2flan.model.attention import (Attention, AttentionMasks, attention_mask,  # noqa: F401
-                                     build_masks, resolve_impl)
+from ul2flan.model.attention import (Attention, AttentionMasks, MaskInputs,  # noqa: F401
+                                     attention_mask, build_masks, resolve_impl)
 from ul2flan.model.config import REMAT_POLICIES, DecoderConfig
 from ul2flan.model.layers import MLP, Norm, dense_init
 
@@ -129,11 +129,10 @@ class Decoder(nn.Module):
       key_segment_ids, key_positions = decoder_segment_ids, decoder_positions
       key_causal_attention = decoder_causal_attention
     impl = resolve_impl(cfg, cached=cache is not None)
-    masks = build_masks(cfg, impl, query_positions=decoder_positions, key_positions=key_positions,
-                        query_segments=decoder_segment_ids, key_segments=key_segment_ids,
-                        query_prefix=decoder_causal_attention, key_prefix=key_causal_attention,
-                        cached=cache is not None, plain_causal=plain_causal,
-                        hide_start=hide_start)
+    mask_inputs = MaskInputs(decoder_positions, key_positions, decoder_segment_ids,
+                             key_segment_ids, decoder_causal_attention, key_causal_attention)
+    masks = build_masks(cfg, impl, mask_inputs, cached=cache is not None,
+                        plain_causal=plain_causal, hide_start=hide_start)
 
     deterministic = not enable_dropout
     x = self.embedding.astype(cfg.compute_dtype)[decoder_input_tokens]
