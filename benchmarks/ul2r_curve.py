@@ -25,15 +25,18 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers demo_ul2r)
-from ul2flan import checkpoints, vocabularies
+from ul2flan import checkpoints, row_layout, vocabularies
 from ul2flan.inference import generator as generator_lib
+from ul2flan.model import decoder as decoder_lib
 
 LENGTHS = {"inputs": 128, "targets": 128}
 RUNS = {"r_only": ["ul2r_preset.rates = (1e-6, 1.0, 1e-6)"], "mixture": []}
 KINDS = ("R", "X", "S")
+R_MODE_TOKEN = "[NLU]"
 S_PREFIX_TOKENS = 4  # S: the first tokens of the continuation that must be exact
 
 
@@ -143,9 +146,76 @@ def measure(out: str, base: str, per_kind: int) -> dict:
   return results
 
 
+def _argmax_predictions(gen, tokens: list[int], prefix_len: int) -> np.ndarray:
+  """Greedy next-token predictions at every position of one row (`prefix_len` positions
+  attended bidirectionally; 0 for causal)."""
+  ids = np.asarray([tokens], np.int32)
+  prefix = (np.arange(len(tokens)) < prefix_len).astype(np.int32)[None]
+  logits = decoder_lib.Decoder(gen.config).apply(
+      {"params": gen.params}, ids, np.ones_like(ids), None, prefix if prefix_len else None)
+  return np.asarray(logits)[0].argmax(-1)
+
+
+def span_diagnosis(gen_u, gen_base, rows: list[dict]) -> dict[str, float]:
+  """On R examples: the U-model's teacher-forced accuracy on span tokens (content and
+  sentinels apart) against causal accuracy on the same tokens in the restored text, by the base
+  and by the U-model itself. A model that uses the inputs' context should predict a span at
+  least as well as a causal LM that sees only its left context."""
+  vocab = gen_u.vocabulary
+  sentinels, eos = set(vocabularies.sentinel_ids(vocab)), int(vocab.eos_id)
+  hits = {"u_span_content": [], "u_span_sentinels": [], "base_causal_same_tokens": [],
+          "u_causal_same_tokens": []}
+  for row in rows:
+    inputs, targets = row["inputs"], row["targets"]
+    # Teacher-forced: [start] inputs targets[:-1], the inputs bidirectional.
+    u_row = [row_layout.START_SLOT_ID] + inputs + targets[:-1]
+    pred = _argmax_predictions(gen_u, u_row, 1 + len(inputs))
+    first = len(inputs)  # the position that predicts targets[0]
+    spans, current = {}, None
+    for k, t in enumerate(targets[:-1]):
+      ok = int(pred[first + k]) == t
+      if t in sentinels:
+        hits["u_span_sentinels"].append(ok)
+        current = t
+        spans[current] = []
+      elif current is not None:
+        hits["u_span_content"].append(ok)
+        spans[current].append(t)
+    # The restored text (mode token dropped), and where each span token sits in it.
+    mode = list(vocab.encode(R_MODE_TOKEN))
+    assert inputs[:len(mode)] == mode, "an R example starts with its mode token"
+    text, at = [], []
+    for t in inputs[len(mode):-1]:
+      if t in sentinels:
+        for s in spans.get(t, []):
+          at.append(len(text))
+          text.append(s)
+      else:
+        text.append(t)
+    for gen, key in ((gen_base, "base_causal_same_tokens"), (gen_u, "u_causal_same_tokens")):
+      pred = _argmax_predictions(gen, [row_layout.START_SLOT_ID] + text, 0)
+      hits[key] += [int(pred[i]) == text[i] for i in at]  # position i predicts text[i]
+  return {k: 100.0 * float(np.mean(v)) for k, v in hits.items()}
+
+
+def diagnose(out: str, base: str, per_kind: int) -> dict:
+  rows = validation_examples(per_kind)["R"]
+  gen_base = generator_lib.load_generator(base)
+  results = {}
+  for name in RUNS:
+    ckpt_dir = checkpoints.checkpoint_dir(os.path.join(out, name))
+    last = max(int(d.name) for d in ckpt_dir.iterdir() if d.name.isdigit())
+    results[name] = span_diagnosis(
+        generator_lib.load_generator(str(ckpt_dir / str(last))), gen_base, rows)
+    print(name, last, {k: round(v, 1) for k, v in results[name].items()}, flush=True)
+  with open(os.path.join(out, "diagnosis.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("command", choices=("train", "measure"))
+  parser.add_argument("command", choices=("train", "measure", "diagnose"))
   parser.add_argument("--base", default="runs/demo/base")
   parser.add_argument("--out", default="runs/ul2r_curve")
   parser.add_argument("--steps", type=int, default=600)
@@ -154,6 +224,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.command == "train":
     train(args.base, args.out, args.steps, args.every)
+  elif args.command == "diagnose":
+    diagnose(args.out, args.base, args.examples)
   else:
     measure(args.out, args.base, args.examples)
 

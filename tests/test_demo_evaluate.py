@@ -14,7 +14,10 @@ from ul2flan.demo import probes
 from ul2flan.demo import world
 from ul2flan.evaluation import harness
 from ul2flan.pipeline import benchmark_eval
+from ul2flan.pipeline import evaluators
+from ul2flan.pipeline import settings
 from ul2flan.pipeline import report as pipeline_report
+from ul2flan.pipeline import runner
 
 VOCAB = vocabularies.get_vocabulary()
 EOS = vocabularies.EOS_ID
@@ -404,7 +407,6 @@ def test_benchmark_prompts_are_fitted_as_ul2flan_eval_fits_them():
 
 
 def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, monkeypatch):
-  from ul2flan.pipeline import runner, settings  # pylint: disable=g-import-not-at-top
   trained, evaluated, reports = [], [], {}
 
   def fake_stage(plan, spec, dirs, seed, model_gin):
@@ -434,3 +436,21 @@ def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, 
                                                             "flan_ul2r"]
     assert reports[run_dir] == [seed]
   assert reports[str(tmp_path)] == [3, 5]
+
+
+def test_benchmark_prompts_use_the_chat_template_only_as_the_model_was_trained(tmp_path):
+  """An import (no training config) gets its own chat template when it has one (None: the
+  harness decides); a model trained here only if its Flan rows were chat exchanges."""
+  def request(model_dir, chat_template=True):
+    return evaluators.EvalRequest("flan_base", str(model_dir), str(tmp_path / "eval"),
+                                  settings.EvaluationSettings(chat_template=chat_template))
+  imported, plain, chat = (tmp_path / n for n in ("imported", "plain", "chat"))
+  for d in (imported, plain, chat):
+    d.mkdir()
+  (plain / "config.operative.gin").write_text("# Parameters for ChatFormat:\n"
+                                              "ChatFormat.system_prompt = None\n")
+  (chat / "config.operative.gin").write_text("ChatFormat.enabled = True\n")
+  assert benchmark_eval.chat_template_setting(request(imported)) is None
+  assert benchmark_eval.chat_template_setting(request(plain)) is False
+  assert benchmark_eval.chat_template_setting(request(chat)) is True
+  assert benchmark_eval.chat_template_setting(request(chat, chat_template=False)) is False

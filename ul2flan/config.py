@@ -29,6 +29,7 @@ from ul2flan.model.config import DecoderConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO_FILE = "run.json"
+OPERATIVE_CONFIG_FILE = "config.operative.gin"  # what a trained model was trained with
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,6 +222,21 @@ def run_info_from_gin() -> RunInfo:
 def write_run_info(model_dir: str, info: RunInfo) -> None:
   path = paths.resolve(model_dir) / RUN_INFO_FILE
   path.write_text(info.to_json())
+
+
+def trained_bindings(model_dir: str) -> str | None:
+  """The operative gin config the trainer saved with a model (`OPERATIVE_CONFIG_FILE`), or None
+  for a model ul2flan did not train (an import)."""
+  path = paths.resolve(model_dir) / OPERATIVE_CONFIG_FILE
+  return path.read_text() if path.exists() else None
+
+
+def bound_value(config_text: str, name: str) -> str | None:
+  """The value text `config_text` (gin) binds `name` ("ChatFormat.enabled") to, None if unbound;
+  a scope or module prefix on the binding is allowed."""
+  match = re.search(rf"^(?:\S*/)?(?:[\w.]+\.)?{re.escape(name)}\s*=\s*(.*?)\s*$", config_text,
+                    re.M)
+  return match.group(1) if match else None
 
 
 def read_run_info(model_dir: str) -> RunInfo:

@@ -33,12 +33,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from typing import Sequence
 
 import jax
 
+from ul2flan import config as config_lib
 from ul2flan import paths
 from ul2flan import row_layout
 from ul2flan import vocabularies
@@ -105,11 +105,9 @@ def s_denoiser_layout(vocabulary, sentinel: bool = False) -> Layout:
 def trained_s_sentinel(model_dir) -> bool:
   """Whether the model in `model_dir` was trained with S laid out with sentinel 0: the operative
   gin config its trainer saved binds `ul2r_preset.s_sentinel` (or `ul2_preset.`) to True."""
-  path = paths.resolve(model_dir) / "config.operative.gin"
-  if not path.exists():
-    return False
-  return re.search(r"^(?:\S*/)?ul2r?_preset\.s_sentinel\s*=\s*True\s*$", path.read_text(),
-                   re.M) is not None
+  text = config_lib.trained_bindings(model_dir) or ""
+  return "True" in (config_lib.bound_value(text, "ul2r_preset.s_sentinel"),
+                    config_lib.bound_value(text, "ul2_preset.s_sentinel"))
 
 
 def causal_view(gen):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ul2flan import config as config_lib
 from ul2flan import paths
 from ul2flan.evaluation import common
 from ul2flan.evaluation import harness
@@ -47,6 +48,19 @@ def available_tasks(settings) -> list[common.EvalTask]:
   return tasks
 
 
+def chat_template_setting(request) -> bool | None:
+  """Benchmark prompts in the format each model was trained in: a model trained here gets the
+  chat template only if its Flan rows were chat exchanges (`ChatFormat.enabled`); a model it did
+  not train (the imported base) its own chat template when its tokenizer has one (None: the
+  harness decides). Off everywhere with `evaluation_settings.chat_template = False`."""
+  if not request.settings.chat_template:
+    return False
+  trained_with = config_lib.trained_bindings(request.checkpoint_dir)
+  if trained_with is None:
+    return None
+  return config_lib.bound_value(trained_with, "ChatFormat.enabled") == "True"
+
+
 class BenchmarkEvaluator:
   """MMLU / BBH / TyDiQA / MGSM, capped per subtask, with the Flan normalized average."""
   name = "benchmarks"
@@ -61,7 +75,7 @@ class BenchmarkEvaluator:
     config = harness.fitted_to(harness.HarnessConfig(
         batch_size=settings.batch_size, max_examples_per_subtask=settings.benchmark_max_examples,
         output_dir=paths.join(request.out_dir, f"{request.model}.benchmarks"),
-        chat_template=None if settings.chat_template else False), gen)  # None: if it has one
+        chat_template=chat_template_setting(request)), gen)
     summary = harness.run_suite(gen, tasks, config)
     normalized = {name: task["normalized_score"] for name, task in summary["tasks"].items()}
     metrics = {f"benchmark_{name}": task["score"] for name, task in summary["tasks"].items()}

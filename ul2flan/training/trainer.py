@@ -146,7 +146,8 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
   finally:
     checkpointer.close()
   if jax.process_index() == 0:
-    (epath.Path(model_dir) / "config.operative.gin").write_text(gin.operative_config_str())
+    (epath.Path(model_dir) / config_lib.OPERATIVE_CONFIG_FILE).write_text(
+        gin.operative_config_str())
   return result
 
 
