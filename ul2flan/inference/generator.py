@@ -15,6 +15,7 @@ without a BOS has its start slot hidden in every forward pass, prefill, decode a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -248,13 +249,11 @@ class Generator:
         prefix_lm=self.prefix_lm, hide_start=self.layout.hidden_start, eos_id=self.eos_id,
         scan_layers=(kwargs["max_new_tokens"] <= SCANNED_UP_TO_NEW_TOKENS
                      if self.scan_layers is None else self.scan_layers), **kwargs)
-    if self.partitioner is None:
+    context = (contextlib.nullcontext() if self.partitioner is None
+               else self.partitioner.activation_context())
+    with context:
       result = decoding.decode(self.params, self.config, tokens, lengths, settings, rng=rng,
                                stops=stops)
-    else:
-      with self.partitioner.activation_context():
-        result = decoding.decode(self.params, self.config, tokens, lengths, settings, rng=rng,
-                                 stops=stops)
     stats = self._call_stats
     stats["decode_calls"] += 1
     stats["decode_steps"] += result.steps

@@ -55,6 +55,15 @@ def segment_group_ids(targets: jax.Array, positions: jax.Array,
   return groups
 
 
+def _positions(batch) -> jax.Array:
+  """Each token's position in its packed segment; unpacked rows are one segment each, from 0."""
+  positions = batch.get("decoder_positions")
+  if positions is None:
+    targets = batch["decoder_target_tokens"]
+    positions = jnp.broadcast_to(jnp.arange(targets.shape[1]), targets.shape)
+  return positions
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -140,10 +149,7 @@ class StepBuilder:
     weights = batch["decoder_loss_weights"]
     if not self.hide_start:
       return weights
-    positions = batch.get("decoder_positions")
-    if positions is None:  # unpacked rows: one segment each, starting at index 0
-      positions = jnp.broadcast_to(jnp.arange(weights.shape[1]), weights.shape)
-    return jnp.where(positions == 0, jnp.zeros_like(weights), weights)
+    return jnp.where(_positions(batch) == 0, jnp.zeros_like(weights), weights)
 
   def _loss_sums(self, params, batch, rng, enable_dropout: bool) -> dict:
     """Summed nll, z-loss and correct tokens; per group (`group_*`, shape [groups]) too."""
@@ -164,11 +170,8 @@ class StepBuilder:
 
   def _group_weights(self, batch, weights) -> jax.Array:
     """[groups, batch, length] float32: the loss weights of each group's tokens."""
-    targets = batch["decoder_target_tokens"]
-    positions = batch.get("decoder_positions")
-    if positions is None:  # unpacked rows: one segment each, starting at index 0
-      positions = jnp.broadcast_to(jnp.arange(targets.shape[1]), targets.shape)
-    ids = segment_group_ids(targets, positions, self.group_leading_ids)
+    ids = segment_group_ids(batch["decoder_target_tokens"], _positions(batch),
+                            self.group_leading_ids)
     one_hot = ids[None] == jnp.arange(1, len(self.group_names) + 1)[:, None, None]
     return one_hot.astype(jnp.float32) * weights.astype(jnp.float32)[None]
 
