@@ -440,17 +440,20 @@ def test_pipeline_seeds_run_each_seed_in_its_dir_and_report_over_them(tmp_path, 
 
 def test_benchmark_prompts_use_the_chat_template_only_as_the_model_was_trained(tmp_path):
   """An import (no training config) gets its own chat template when it has one (None: the
-  harness decides); a model trained here only if its Flan rows were chat exchanges."""
+  harness decides); a model trained here only if its Flan rows were chat exchanges, and with
+  `"auto"` as the harness decides for its tokenizer (the rule "auto" trained with)."""
   def request(model_dir, chat_template=True):
     return evaluators.EvalRequest("flan_base", str(model_dir), str(tmp_path / "eval"),
                                   settings.EvaluationSettings(chat_template=chat_template))
-  imported, plain, chat = (tmp_path / n for n in ("imported", "plain", "chat"))
-  for d in (imported, plain, chat):
+  imported, plain, chat, auto = (tmp_path / n for n in ("imported", "plain", "chat", "auto"))
+  for d in (imported, plain, chat, auto):
     d.mkdir()
+  (auto / "config.operative.gin").write_text("ChatFormat.enabled = 'auto'\n")
   (plain / "config.operative.gin").write_text("# Parameters for ChatFormat:\n"
                                               "ChatFormat.system_prompt = None\n")
   (chat / "config.operative.gin").write_text("ChatFormat.enabled = True\n")
   assert benchmark_eval.chat_template_setting(request(imported)) is None
   assert benchmark_eval.chat_template_setting(request(plain)) is False
   assert benchmark_eval.chat_template_setting(request(chat)) is True
+  assert benchmark_eval.chat_template_setting(request(auto)) is None
   assert benchmark_eval.chat_template_setting(request(chat, chat_template=False)) is False

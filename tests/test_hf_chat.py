@@ -68,11 +68,14 @@ def flan_task(vocab):
 
 
 class chat_switch:  # pylint: disable=invalid-name
-  """`ChatFormat.enabled = True` (gin) for the duration of a with-block."""
+  """`ChatFormat.enabled = value` (gin) for the duration of a with-block."""
+
+  def __init__(self, value=True):
+    self.value = value
 
   def __enter__(self):
     with gin.unlock_config():
-      gin.bind_parameter("ChatFormat.enabled", True)
+      gin.bind_parameter("ChatFormat.enabled", self.value)
 
   def __exit__(self, *exc):
     with gin.unlock_config():
@@ -121,6 +124,25 @@ def test_switch_is_off_by_default(case):
   assert ex["inputs"].tolist() == vocab.encode(ROWS[0]["inputs"]) + [vocab.eos_id]
   assert ex["targets"].tolist() == vocab.encode(ROWS[0]["targets"]) + [vocab.eos_id]
   assert chat.chat_prompt(vocab, "hi") == "hi"
+
+
+def test_auto_is_the_template_where_the_tokenizer_has_one_and_plain_rows_where_not(case, dirs):
+  name, vocab, reference = case
+  plain_vocab = hf_tokenizer.HfVocabulary(dirs["sentencepiece"],
+                                          token_layout.SentinelPolicy("new_rows"))
+  lengths = {"inputs": 512, "targets": 64}
+  with chat_switch("auto"):
+    templated = next(flan_task(vocab).get_dataset(lengths, shuffle=False).as_numpy_iterator())
+    plain = next(flan_task(plain_vocab).get_dataset(lengths, shuffle=False).as_numpy_iterator())
+  user = [{"role": "user", "content": ROWS[0]["inputs"]}]
+  seen_prompt = (([reference.bos_token_id] if name == "llama3" else [])
+                 + vocab.layout.model_to_tokenizer()[templated["inputs"][:-1]].tolist())
+  assert seen_prompt == hf_chat_ids(reference, user, add_generation_prompt=True)
+  assert plain["inputs"].tolist() == plain_vocab.encode(ROWS[0]["inputs"]) + [plain_vocab.eos_id]
+  assert chat.ChatFormat(enabled="auto").active(vocab)
+  assert not chat.ChatFormat(enabled="auto").active(plain_vocab)
+  with pytest.raises(ValueError, match=r"use True, False or \"auto\""):
+    chat.ChatFormat(enabled="yes")
 
 
 def test_switch_without_a_chat_template_names_the_tokenizer_and_the_fix(dirs):

@@ -1,7 +1,9 @@
 """The chat-template switch: Flan examples wrapped in the tokenizer's chat template.
 
-Off by default (the demo and SentencePiece vocabularies have no chat template). With
-`ChatFormat.enabled = True` every Flan task (formatted, pre-formatted and Flan-export tasks alike:
+Off by default (the demo and SentencePiece vocabularies have no chat template); `"auto"` (the
+Hugging Face pipeline's setting) switches it on exactly when the tokenizer has a chat template, so
+an instruct model is fine-tuned in the format it was tuned in and a base model without a template
+keeps plain rows. When on, every Flan task (formatted, pre-formatted and Flan-export tasks alike:
 they all go through `sources.add_task`) renders each example as one exchange of the vocabulary's
 chat template (`ul2flan.hf_vocab.chat_template`): `inputs` becomes the user turn followed by the
 assistant header (`add_generation_prompt=True`), `targets` the assistant's text and the end of
@@ -29,8 +31,19 @@ from ul2flan import vocabularies
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
   """Whether Flan examples are wrapped in the tokenizer's chat template, and with what system turn."""
-  enabled: bool = False
+  enabled: bool | str = False   # True, False or "auto": on iff the vocabulary has a template
   system_prompt: str | None = None
+
+  def __post_init__(self):
+    if self.enabled not in (True, False, "auto"):
+      raise ValueError(f"ChatFormat.enabled = {self.enabled!r}: use True, False or \"auto\" (on "
+                       "when the tokenizer has a chat template)")
+
+  def active(self, vocabulary: seqio.Vocabulary) -> bool:
+    """Whether rows for `vocabulary` are chat exchanges under this setting."""
+    if self.enabled == "auto":
+      return getattr(vocabularies.resolve(vocabulary), "chat_template", None) is not None
+    return bool(self.enabled)
 
 
 def chat_exchange(vocabulary: seqio.Vocabulary, inputs: str, targets: str,
@@ -55,7 +68,7 @@ def chat_prompt(vocabulary: seqio.Vocabulary, inputs: str,
                 settings: ChatFormat | None = None) -> str:
   """What a model trained with the switch on should be prompted with at inference."""
   settings = settings or ChatFormat()
-  if not settings.enabled:
+  if not settings.active(vocabulary):
     return inputs
   return chat_exchange(vocabulary, inputs, "", settings.system_prompt)[0]
 
@@ -64,9 +77,9 @@ def apply_chat_template(dataset: tf.data.Dataset,
                         output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
   """seqio preprocessor (before `tokenize`): wraps `inputs` / `targets` text when switched on."""
   settings = ChatFormat()
-  if not settings.enabled:
-    return dataset
   vocabulary = output_features["targets"].vocabulary
+  if not settings.active(vocabulary):
+    return dataset
   chat_exchange(vocabulary, "", "", settings.system_prompt)  # fail now, not inside tf.data
 
   def wrap(inputs: bytes, targets: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -50,15 +50,19 @@ def available_tasks(settings) -> list[common.EvalTask]:
 
 def chat_template_setting(request) -> bool | None:
   """Benchmark prompts in the format each model was trained in: a model trained here gets the
-  chat template only if its Flan rows were chat exchanges (`ChatFormat.enabled`); a model it did
-  not train (the imported base) its own chat template when its tokenizer has one (None: the
-  harness decides). Off everywhere with `evaluation_settings.chat_template = False`."""
+  chat template only if its Flan rows were chat exchanges (`ChatFormat.enabled`: True, or "auto"
+  with a tokenizer that has one); a model it did not train (the imported base) its own chat
+  template when its tokenizer has one (None: the harness decides, as for "auto"). Off everywhere
+  with `evaluation_settings.chat_template = False`."""
   if not request.settings.chat_template:
     return False
   trained_with = config_lib.trained_bindings(request.checkpoint_dir)
   if trained_with is None:
     return None
-  return config_lib.bound_value(trained_with, "ChatFormat.enabled") == "True"
+  enabled = config_lib.bound_value(trained_with, "ChatFormat.enabled")
+  if enabled in ("'auto'", '"auto"'):
+    return None
+  return enabled == "True"
 
 
 class BenchmarkEvaluator:
