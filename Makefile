@@ -49,4 +49,4 @@ bench: install
 	$(PY) benchmarks/train_mfu.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs .cache *.egg-info

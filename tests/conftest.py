@@ -9,6 +9,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# JAX's persistent compilation cache, shared by the test workers and every process they start (the
+# environment is inherited): the micro models' programs are compiled once per suite instead of
+# once per process. A cached executable is the one XLA would compile again, so results are the
+# same bit for bit; a fresh clone starts with it empty (`make clean` removes it).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO_ROOT, ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 

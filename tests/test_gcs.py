@@ -135,14 +135,22 @@ def _rows(data: bytes):
   return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
-def test_train_and_resume_in_a_bucket(gcs, tmp_path):
+@pytest.fixture(scope="module")
+def bucket_run(gcs):
+  """A micro causal LM trained 4 steps into the bucket, then resumed there to step 6: the two
+  runs' stderr, and the model dir (also the pipeline test's given base)."""
   model_dir = f"gs://{BUCKET}/run"
-  r = run_cli(TRAIN + [f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=4"], gcs.env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert "from scratch" in r.stderr
-  r = run_cli(TRAIN + [f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=6"], gcs.env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert "resumed from step 4" in r.stderr and "checksums verified" in r.stderr
+  first = run_cli(TRAIN + [f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=4"], gcs.env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  resumed = run_cli(TRAIN + [f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=6"], gcs.env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  return first.stderr, resumed.stderr, model_dir
+
+
+def test_train_and_resume_in_a_bucket(gcs, bucket_run, tmp_path):
+  first, resumed, _ = bucket_run
+  assert "from scratch" in first
+  assert "resumed from step 4" in resumed and "checksums verified" in resumed
 
   names = gcs.names("run/")
   for expected in ("run/run.json", "run/config.gin", "run/config.operative.gin",
@@ -166,17 +174,10 @@ def test_train_and_resume_in_a_bucket(gcs, tmp_path):
     assert not os.path.exists(os.path.join(where, "gs:")), where
 
 
-@pytest.fixture(scope="module")
-def base_in_bucket(gcs):
-  """A micro causal LM trained 2 steps into the bucket: a pipeline's given base."""
-  r = run_cli(TRAIN + [f"--model_dir=gs://{BUCKET}/pipe_base", "--gin.TRAIN_STEPS=2"], gcs.env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return f"gs://{BUCKET}/pipe_base"
-
-
 @pytest.mark.slow
-def test_pipeline_stage_in_a_bucket(gcs, base_in_bucket):
+def test_pipeline_stage_in_a_bucket(gcs, bucket_run):
   """UL2R and Flan stages start from params in the bucket and write everything back there."""
+  base_in_bucket = bucket_run[2]
   model_dir = f"gs://{BUCKET}/pipe"
   r = run_cli(["pipeline", "--gin_file=tests/testdata/pipeline_micro.gin",
                f"--model_dir={model_dir}", f"--gin.run_pipeline.initial_checkpoint_path="

@@ -293,8 +293,8 @@ BBH_TASKS = ("boolean_expressions", "sports_understanding")
 
 
 @pytest.mark.slow
-def test_eval_on_bbh_answers_as_a_transformers_loop(smollm2_ul2flan_dir, hf_model, raw_tokenizer,
-                                                    tmp_path):
+def test_eval_on_bbh_answers_as_a_transformers_loop(smollm2_ul2flan_dir, hf_model, hf_tokenizer,
+                                                    raw_tokenizer, tmp_path):
   """`ul2flan eval` on a few BBH items (3-shot, direct, through the chat template) writes, for
   every prompt, the continuation a plain transformers greedy loop writes for the same text (to
   the end of the turn, cut at BBH's stop)."""
@@ -317,8 +317,10 @@ def test_eval_on_bbh_answers_as_a_transformers_loop(smollm2_ul2flan_dir, hf_mode
         "<|im_start|>assistant\n")  # the model's chat template, one user turn
     ids = encode(raw_tokenizer, prompt)
     with torch.no_grad():
+      # Up to the first line break (all the comparison reads), or the end of the turn.
       new = hf_model.generate(torch.as_tensor([ids]), attention_mask=torch.ones(
-          1, len(ids), dtype=torch.long), max_new_tokens=64, do_sample=False)[0, len(ids):].tolist()
+          1, len(ids), dtype=torch.long), max_new_tokens=64, do_sample=False, stop_strings=["\n"],
+          tokenizer=hf_tokenizer)[0, len(ids):].tolist()
     if end_of_turn in new:
       new = new[:new.index(end_of_turn)]
     assert record["prediction"] == raw_tokenizer.decode(new).split("\n")[0], record["id"]

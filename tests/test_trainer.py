@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from ul2flan import checkpoints, partitioning
+from ul2flan import config as config_lib
+from ul2flan.commands import main as cli
 from ul2flan.training import steps, trainer
 from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
@@ -151,15 +153,29 @@ def test_logical_rules_shard_params_and_activations():
       jax.sharding.PartitionSpec("fsdp", None, None)
 
 
-def test_cli_errors_are_clear(tmp_path):
+def _main(argv, capfd) -> tuple[int, str]:
+  """`ul2flan ARGV` in this process (4 simulated devices): exit code and what stderr shows."""
+  capfd.readouterr()
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse
+    code = e.code
+  finally:
+    config_lib.parse_gin([])
+  return code, capfd.readouterr().err
+
+
+def test_cli_errors_are_clear(tmp_path, capfd):
   base = ["train", "--gin_file=gin_configs/models/tiny.gin",
           "--gin_file=gin_configs/runs/pretrain.gin", f"--model_dir={tmp_path}"]
-  r = run_cli(base + ["--gin.DecoderConfig.dmodel=3"])
-  assert r.returncode == 2 and "bad gin binding" in r.stderr and "did you mean d_model?" in r.stderr
-  r = run_cli(base + ["--gin.MIXTURE_OR_TASK_NAME='no_such_task'", "--gin.TRAIN_STEPS=1"])
-  assert r.returncode != 0 and "No seqio task or mixture named 'no_such_task'" in r.stderr
-  r = run_cli(base + ["--gin.MESH_SHAPE={'data': 3}", "--gin.TRAIN_STEPS=1"],
-              {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-  assert r.returncode != 0 and "does not divide the 4 available devices" in r.stderr
-  r = run_cli(["train", "--gin_file=gin_configs/nope.gin", f"--model_dir={tmp_path}"])
-  assert r.returncode != 0 and "not found" in r.stderr
+  code, err = _main(base + ["--gin.DecoderConfig.dmodel=3"], capfd)
+  assert code == 2 and "bad gin binding" in err and "did you mean d_model?" in err
+  code, err = _main(base + ["--gin.MIXTURE_OR_TASK_NAME='no_such_task'", "--gin.TRAIN_STEPS=1"],
+                    capfd)
+  assert code != 0 and "No seqio task or mixture named 'no_such_task'" in err
+  assert jax.device_count() == 4
+  code, err = _main(base + ["--gin.MESH_SHAPE={'data': 3}", "--gin.TRAIN_STEPS=1"], capfd)
+  assert code != 0 and "does not divide the 4 available devices" in err
+  code, err = _main(["train", "--gin_file=gin_configs/nope.gin", f"--model_dir={tmp_path}"], capfd)
+  assert code != 0 and "not found" in err
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))  # nothing trained
