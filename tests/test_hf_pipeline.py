@@ -114,6 +114,13 @@ def test_hf_pipeline_end_to_end(tmp_path):
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(d / "flan_ul2r" / "hf"))
   assert hf_tok.convert_tokens_to_ids("<extra_id_0>") == 300  # the first unused row
 
-  log = run_pipeline(d, hf_dir, corpus, flan)  # a re-run converts and trains nothing again
-  assert log.count("already done, skipping") == 3 and "training in" not in log
-  assert "already holds this model; reusing it" in log
+  # A re-run converts and trains nothing again: every file the import and the stages wrote is
+  # left as it was (same bytes, not rewritten).
+  written = [d / "base" / "ul2flan.json", d / "base" / "model.gin"] + [
+      d / stage / name for stage in ("ul2r", "flan_ul2r", "flan_base")
+      for name in ("DONE", "metrics.jsonl", "run.json")]
+  before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written}
+  checkpoints_before = sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*"))
+  run_pipeline(d, hf_dir, corpus, flan)
+  assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == before
+  assert sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*")) == checkpoints_before
