@@ -3,6 +3,7 @@
 import collections
 import itertools
 import json
+import re
 
 import gin
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import seqio
 
+from ul2flan import config as config_lib
 from ul2flan.flan import exports
 from ul2flan.flan import rates
 from ul2flan.flan import sources
@@ -216,7 +218,17 @@ def test_raw_instruction_jsonl_is_formatted_per_task(tmp_path):
             for i in range(4)]  # no `task`: named after the file
   path = write_jsonl(tmp_path / "mydata.train.jsonl", train)
   name = unique("raw")
-  got = sources.raw_instruction_mixture(train_file_pattern=path, name=name, formats=["zs_noopt"])
+  # As docs/flan.md configures it: how rows become prompts is one gin-bound Rendering.
+  try:
+    config_lib.parse_gin([], ["MIXTURE_OR_TASK_NAME = @raw_instruction_mixture()",
+                              "flan_test_consumer.mixture_or_task_name = %MIXTURE_OR_TASK_NAME",
+                              f"raw_instruction_mixture.train_file_pattern = '{path}'",
+                              f"raw_instruction_mixture.name = '{name}'",
+                              "raw_instruction_mixture.rendering = @Rendering()",
+                              "Rendering.formats = ['zs_noopt']"])
+    got = flan_test_consumer()
+  finally:
+    gin.clear_config()
   assert got == name
   cap = sources.formatted_examples(f"{name}.capitals", "train")
   assert [e.targets for e in cap] == [f"city{i}" for i in range(6)]
@@ -225,6 +237,19 @@ def test_raw_instruction_jsonl_is_formatted_per_task(tmp_path):
       ["0", "1", "2", "3"]
   mixture = seqio.MixtureRegistry.get(name)
   assert {t.name for t in mixture.tasks} == {f"{name}.capitals", f"{name}.mydata"}
+
+
+@pytest.mark.parametrize("old, new", [
+    ("raw_instruction_mixture.formats = ['zs_opt']", "Rendering.formats"),
+    ("raw_instruction_mixture.max_shots = 2", "FewShotConfig.max_shots"),
+    ("register_tfds_task.family = 'generic_qa'", "Rendering.family"),
+])
+def test_a_flat_rendering_setting_names_its_new_place(old, new):
+  try:
+    with pytest.raises(ValueError, match=rf"is now {re.escape(new)}"):
+      config_lib.parse_gin([], [old])
+  finally:
+    gin.clear_config()
 
 
 @pytest.mark.parametrize("row, message", [
@@ -264,7 +289,7 @@ def test_tfds_dataset_is_formatted(tmp_path):
   name = unique("tfds")
   sources.register_tfds_task(name, "ulflan_tiny_qa", data_dir=str(tmp_path),
                              field_map={"question": "query", "answer": "reply"},
-                             formats=["zs_noopt"])
+                             rendering=sources.Rendering(formats=["zs_noopt"]))
   got = sorted((e.inputs, e.targets) for e in sources.formatted_examples(name, "validation"))
   assert [t for _, t in got] == ["n0", "n1"]
   assert "What is 0?" in got[0][0]

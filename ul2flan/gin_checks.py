@@ -56,6 +56,18 @@ MOVED = {
     "train.eval_dataset_cfg": "EvalConfig.dataset_cfg",
     "train.eval_period": "EvalConfig.period",
     "train.eval_steps": "EvalConfig.steps",
+    # How raw rows become prompts: one Rendering object (ul2flan.flan.sources), not flat settings.
+    **{f"{fn}.{name}": f"Rendering.{name} ({fn}.rendering = @Rendering())"
+       for fn in ("raw_instruction_mixture", "register_tfds_task", "register_hf_disk_task")
+       for name in ("family", "formats", "seed")},
+    **{f"{fn}.few_shot": f"Rendering.few_shot ({fn}.rendering = @Rendering())"
+       for fn in ("register_tfds_task", "register_hf_disk_task")},
+    "raw_instruction_mixture.few_shot_budget": ("FewShotConfig.budget_tokens (Rendering.few_shot "
+                                                "= @FewShotConfig())"),
+    "raw_instruction_mixture.max_shots": "FewShotConfig.max_shots (Rendering.few_shot = "
+                                         "@FewShotConfig())",
+    "raw_instruction_mixture.fallback": "FewShotConfig.fallback (Rendering.few_shot = "
+                                        "@FewShotConfig())",
 }
 
 STAGE_HINT = ("the pipeline's top level reads only run_pipeline.*, evaluation_settings.* and "

@@ -431,11 +431,11 @@ def register_demo_tasks(seed: int = 0) -> None:
   for family in TRAIN_FAMILIES:
     sources.register_formatted_task(
         family.task, functools.partial(_cached_raw, family.task, seed=seed), TRAIN_SPLITS,
-        family.template_family, family.formats, seed=seed, few_shot=DEMO_FEW_SHOT)
+        sources.Rendering(family.template_family, family.formats, seed, DEMO_FEW_SHOT))
   for family in HELDOUT_FAMILIES:
     sources.register_formatted_task(
         family.task, functools.partial(_cached_raw, family.task, seed=seed), HELDOUT_SPLITS,
-        family.template_family, family.formats, seed=seed, few_shot=DEMO_FEW_SHOT,
+        sources.Rendering(family.template_family, family.formats, seed, DEMO_FEW_SHOT),
         metric_fns=[exact_match])
   mixtures.register_capped_mixture(TRAIN_MIXTURE, demo_submixtures())
   mixtures.register_task_mixture(HELDOUT_MIXTURE, [f.task for f in HELDOUT_FAMILIES])

@@ -18,6 +18,8 @@ import logging
 import random
 from typing import Any, Callable, Mapping, Sequence
 
+import gin
+
 from ul2flan.flan import templates as templates_lib
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Format:
                inverted="inv" in parts[2:])
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class FewShotConfig:
   """How few-shot prompts are built.

@@ -118,6 +118,19 @@ def add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary |
 # --------------------------------------------------------------------------------------------
 # Formatted tasks.
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Rendering:
+  """How raw rows become prompts: a template family (a name in the default template registry, or
+  the family itself), the formats drawn (names with equal weights, or format -> weight), the seed
+  of every per-example choice, and how few-shot prompts are built. In gin:
+  `raw_instruction_mixture.rendering = @Rendering()`, `Rendering.family = "generic_qa"`."""
+  family: str | templates_lib.Family = "generic_qa"
+  formats: Sequence[str] | Mapping[str | formatting.Format, float] = DEFAULT_FORMATS
+  seed: int = 0
+  few_shot: formatting.FewShotConfig = formatting.FewShotConfig()
+
+
 @dataclasses.dataclass
 class FormattedTaskSpec:
   """How a formatted task gets its examples; `examples(split)` is cached."""
@@ -150,11 +163,8 @@ def register_formatted_task(
     name: str,
     raw_examples: Callable[[str], Sequence[RawExample]],
     splits: Sequence[str],
-    family: str | templates_lib.Family,
-    formats: Sequence[str | formatting.Format] | Mapping[str | formatting.Format, float],
+    rendering: Rendering,
     *,
-    seed: int = 0,
-    few_shot: formatting.FewShotConfig = formatting.FewShotConfig(),
     vocabulary: seqio.Vocabulary | None = None,
     exemplar_splits: Mapping[str, str] | None = None,
     metric_fns: Sequence[Callable[..., Any]] = (),
@@ -165,10 +175,7 @@ def register_formatted_task(
     name: the seqio task name (also the seed key of the per-example choices).
     raw_examples: split -> raw example dicts (see `ul2flan.flan.formatting`).
     splits: the task's splits.
-    family: a template family (or its name in the default template registry).
-    formats: format names (equal weights) or a mapping format -> weight; one per example.
-    seed: changes every per-example choice.
-    few_shot: shot counts, token budget and fallback of the few-shot formats.
+    rendering: the template family, formats (one per example), seed and few-shot settings.
     vocabulary: the task vocabulary (default `vocabularies.configured()`, the run's vocabulary); also counts
       the few-shot budget.
     exemplar_splits: split -> the split its few-shot exemplars come from (default: its own,
@@ -177,9 +184,11 @@ def register_formatted_task(
     replace: rebuild the task if the name is taken.
   """
   vocabulary = vocabulary or vocabularies.configured()
+  family = rendering.family
   if isinstance(family, str):
     family = templates_lib.default_registry().family(family)
-  formatter = formatting.Formatter(name, family, formats, seed=seed, few_shot=few_shot,
+  formatter = formatting.Formatter(name, family, rendering.formats, seed=rendering.seed,
+                                   few_shot=rendering.few_shot,
                                    count_tokens=token_counter(vocabulary))
   spec = FormattedTaskSpec(formatter, raw_examples, dict(exemplar_splits or {}))
   source = InMemorySource(
@@ -279,22 +288,19 @@ def raw_instruction_mixture(
     train_file_pattern: str = gin.REQUIRED,
     validation_file_pattern: str | None = None,
     name: str = "raw_instructions",
-    family: str = "generic_qa",
-    formats: Sequence[str] | Mapping[str, float] = DEFAULT_FORMATS,
+    rendering: Rendering | None = None,
     templates_file: str | None = None,
-    seed: int = 0,
-    few_shot_budget: int = formatting.DEFAULT_FEW_SHOT_BUDGET,
-    max_shots: int = 5,
-    fallback: str = "zero_shot",
     cap: int | None = None,
     on_malformed: str = "fail") -> str:
   """Registers one formatted task per raw `task` and a capped mixture `name`; returns `name`.
 
   Meant for gin: `MIXTURE_OR_TASK_NAME = @raw_instruction_mixture()`; a repeated call with the
-  same settings returns the already registered mixture.
+  same settings returns the already registered mixture. `rendering` (default `Rendering()`, as
+  gin binds it) says how the rows become prompts.
   """
-  key = ("raw", train_file_pattern, validation_file_pattern, name, family, repr(formats),
-         templates_file, seed, few_shot_budget, max_shots, fallback, cap, on_malformed)
+  rendering = rendering or Rendering()
+  key = ("raw", train_file_pattern, validation_file_pattern, name, repr(rendering),
+         templates_file, cap, on_malformed)
   if key in _MEMO:
     return _MEMO[key]
   if templates_file:
@@ -303,14 +309,12 @@ def raw_instruction_mixture(
   if validation_file_pattern:
     patterns["validation"] = validation_file_pattern
   rows = {split: read_raw_instructions(p, on_malformed) for split, p in patterns.items()}
-  few_shot = formatting.FewShotConfig(max_shots=max_shots, budget_tokens=few_shot_budget,
-                                      fallback=fallback)
   task_names = []
   for task in sorted(rows["train"]):
     task_name = f"{name}.{sanitize_task_name(task)}"
     splits = [s for s in patterns if task in rows[s]]
-    register_formatted_task(task_name, lambda split, task=task: rows[split][task], splits, family,
-                            formats, seed=seed, few_shot=few_shot, replace=True)
+    register_formatted_task(task_name, lambda split, task=task: rows[split][task], splits,
+                            rendering, replace=True)
     task_names.append(task_name)
   mixtures.register_task_mixture(name, task_names, cap=cap, replace=True)
   _MEMO[key] = name
@@ -395,15 +399,6 @@ def hf_disk_examples(path: str, split: str,
           for i, row in enumerate(loaded)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Rendering:
-  """How raw rows become prompts: a template family, the formats drawn, the seed, few-shot."""
-  family: str
-  formats: Sequence[str] | Mapping[str, float]
-  seed: int
-  few_shot: formatting.FewShotConfig
-
-
 def _register_rows_task(task_name: str, rows_fn: Callable[[str], list[dict[str, Any]]],
                         splits: Sequence[str], rendering: Rendering | None,
                         replace: bool) -> seqio.Task:
@@ -411,9 +406,7 @@ def _register_rows_task(task_name: str, rows_fn: Callable[[str], list[dict[str, 
   cached = functools.lru_cache(maxsize=None)(rows_fn)
   if rendering is None:
     return register_preformatted_task(task_name, cached, splits, replace=replace)
-  return register_formatted_task(task_name, cached, splits, rendering.family, rendering.formats,
-                                 seed=rendering.seed, few_shot=rendering.few_shot,
-                                 replace=replace)
+  return register_formatted_task(task_name, cached, splits, rendering, replace=replace)
 
 
 @gin.configurable
@@ -421,17 +414,14 @@ def register_tfds_task(task_name: str, tfds_name: str,
                        splits: Sequence[str] = ("train", "validation"),
                        field_map: Mapping[str, str] | None = None,
                        data_dir: str | None = None, preformatted: bool = False,
-                       family: str = "generic_qa",
-                       formats: Sequence[str] | Mapping[str, float] = DEFAULT_FORMATS,
-                       seed: int = 0,
-                       few_shot: formatting.FewShotConfig = formatting.FewShotConfig(),
-                       replace: bool = False) -> str:
+                       rendering: Rendering | None = None, replace: bool = False) -> str:
   """Task over a prepared TFDS dataset: `preformatted` rows have `inputs`/`targets`, others are
-  raw examples (`question`, `answer`, ...) rendered by the engine. `field_map` renames fields
-  (`{"question": "query", "answer": "answers/text"}`). Returns the task name."""
+  raw examples (`question`, `answer`, ...) rendered by the engine as `rendering` says (default
+  `Rendering()`). `field_map` renames fields (`{"question": "query", "answer": "answers/text"}`).
+  Returns the task name."""
   _register_rows_task(
       task_name, lambda split: tfds_examples(tfds_name, split, data_dir, field_map), splits,
-      None if preformatted else Rendering(family, formats, seed, few_shot), replace)
+      None if preformatted else rendering or Rendering(), replace)
   return task_name
 
 
@@ -439,14 +429,9 @@ def register_tfds_task(task_name: str, tfds_name: str,
 def register_hf_disk_task(task_name: str, path: str,
                           splits: Sequence[str] = ("train", "validation"),
                           field_map: Mapping[str, str] | None = None, preformatted: bool = False,
-                          family: str = "generic_qa",
-                          formats: Sequence[str] | Mapping[str, float] = DEFAULT_FORMATS,
-                          seed: int = 0,
-                          few_shot: formatting.FewShotConfig = formatting.FewShotConfig(),
-                          replace: bool = False) -> str:
+                          rendering: Rendering | None = None, replace: bool = False) -> str:
   """Like `register_tfds_task`, over `datasets.load_from_disk(path)`. Returns the task name."""
   _import_hf_datasets()  # fail at registration, not at the first batch
   _register_rows_task(task_name, lambda split: hf_disk_examples(path, split, field_map), splits,
-                      None if preformatted else Rendering(family, formats, seed, few_shot),
-                      replace)
+                      None if preformatted else rendering or Rendering(), replace)
   return task_name
