@@ -36,7 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
-from ul2flan.evaluation import bbh, common, harness, scoring  # noqa: E402
+from ul2flan import stop_sequences  # noqa: E402
+from ul2flan.evaluation import bbh, common, harness  # noqa: E402
 from ul2flan.hf import importer  # noqa: E402
 from ul2flan.inference import generator as generator_lib  # noqa: E402
 
@@ -85,14 +86,14 @@ class HfRunner:
       new = out[:, encoded["input_ids"].shape[1]:]
       for i, ids in zip(batch, new):
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        texts[i] = generator_lib.truncate_at_stops(text, stops)
+        texts[i] = stop_sequences.truncate(text, stops)
     return texts
 
 
 def hf_pass(runner: HfRunner, task, examples, prompts, max_new_tokens: int) -> dict:
   start = time.perf_counter()
   texts = runner.generate(prompts, max_new_tokens, tuple(task.stop_sequences))
-  answers = [task.extract_answer(scoring.truncate_at_stop(t, task.stop_sequences), e)
+  answers = [task.extract_answer(stop_sequences.truncate(t, task.stop_sequences), e)
              for t, e in zip(texts, examples)]
   seconds = time.perf_counter() - start
   correct = [task.is_correct(a, e) for a, e in zip(answers, examples)]

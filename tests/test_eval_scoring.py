@@ -2,6 +2,7 @@
 
 import pytest
 
+from ul2flan import stop_sequences
 from ul2flan.evaluation import scoring
 
 
@@ -75,10 +76,10 @@ def test_majority_vote_counts_and_breaks_ties_by_first_seen():
   assert scoring.majority_vote(["", ""]) == ""
 
 
-def test_truncate_at_stop_uses_earliest_stop():
+def test_truncate_at_the_earliest_stop():
   text = " (B)\n\nQ: next question\nA:"
-  assert scoring.truncate_at_stop(text, ("\nQ:", "\n")) == " (B)"
-  assert scoring.truncate_at_stop("no stop", ("\n",)) == "no stop"
+  assert stop_sequences.truncate(text, ("\nQ:", "\n")) == " (B)"
+  assert stop_sequences.truncate("no stop", ("\n",)) == "no stop"
 
 
 def test_normalized_score_hand_values():

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ul2flan import paths
+from ul2flan import stop_sequences as stop_sequences_lib
 from ul2flan.evaluation import common
 from ul2flan.evaluation import scoring
 
@@ -182,7 +183,7 @@ def _generate_batch(generator: Generator, prompts: list[str], sampling: dict[str
 def _score_example(task: common.EvalTask, example: common.EvalExample,
                    continuations: list[str]) -> dict[str, Any]:
   """Prediction record of one example: the (voted) answer and whether it is correct."""
-  predictions = [scoring.truncate_at_stop(c, task.stop_sequences) for c in continuations]
+  predictions = [stop_sequences_lib.truncate(c, task.stop_sequences) for c in continuations]
   answers = [task.extract_answer(p, example) for p in predictions]
   answer = scoring.majority_vote(answers) if len(answers) > 1 else answers[0]
   # With several chains, show the first chain that reached the voted answer.

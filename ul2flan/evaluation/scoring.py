@@ -31,17 +31,6 @@ _BARE_LETTER_RE = re.compile(r"^\(?([A-Z])(?:\)|\.|:|,|\s|$)")
 _NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 
 
-def truncate_at_stop(text: str, stop_sequences: Iterable[str]) -> str:
-  """`text` up to the first occurrence of any stop sequence."""
-  end = len(text)
-  for stop in stop_sequences:
-    if stop:
-      position = text.find(stop)
-      if position != -1:
-        end = min(end, position)
-  return text[:end]
-
-
 def strip_edge_punctuation(text: str) -> str:
   return text.strip().strip(_EDGE_PUNCTUATION).strip()
 

@@ -31,6 +31,7 @@ from ul2flan import checkpoints
 from ul2flan import config as config_lib
 from ul2flan import partitioning
 from ul2flan import row_layout
+from ul2flan import stop_sequences as stop_sequences_lib
 from ul2flan.inference import decoding
 from ul2flan.model import decoder as decoder_lib
 from ul2flan.model.config import DecoderConfig
@@ -76,12 +77,6 @@ def plan_batches(lengths: Sequence[int], rows: int, new_tokens: int) -> list[lis
     batches.append(order[cut[end]:end])
     end = cut[end]
   return batches[::-1]
-
-
-def truncate_at_stops(text: str, stop_sequences: Sequence[str]) -> str:
-  """`text` up to the first occurrence of any stop sequence (lm-eval-harness's `until`)."""
-  positions = [text.find(stop) for stop in stop_sequences if stop]
-  return text[:min([p for p in positions if p != -1], default=len(text))]
 
 
 def token_texts(vocabulary, size: int) -> list[str]:
@@ -190,7 +185,7 @@ class Generator:
                                      max_new_tokens=max_new_tokens, temperature=temperature,
                                      top_k=top_k, top_p=top_p, seed=seed,
                                      stop_sequences=stop_sequences)
-    texts = [truncate_at_stops(self.decode_text(ids), stop_sequences) for ids in outputs]
+    texts = [stop_sequences_lib.truncate(self.decode_text(ids), stop_sequences) for ids in outputs]
     self._record_stats(len(prompts), outputs, time.perf_counter() - start)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
