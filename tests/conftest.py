@@ -53,3 +53,11 @@ def smollm2_ul2flan_dir(smollm2_hf_dir, tmp_path_factory):
   from ul2flan.hf import importer  # pylint: disable=g-import-not-at-top
   return importer.import_hf(smollm2_hf_dir, str(tmp_path_factory.mktemp("smollm2") / "imported"),
                             scan_layers=True)
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Files with an end-to-end test (marked slow) first, the rest in their usual order: on two
+  workers (`--dist loadfile`) the long files then start at once and the short ones fill the end,
+  instead of two long files finishing the suite on their own."""
+  end_to_end = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in end_to_end)
