@@ -457,3 +457,48 @@ def test_benchmark_prompts_use_the_chat_template_only_as_the_model_was_trained(t
   assert benchmark_eval.chat_template_setting(request(chat)) is True
   assert benchmark_eval.chat_template_setting(request(auto)) is None
   assert benchmark_eval.chat_template_setting(request(chat, chat_template=False)) is False
+
+
+def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained_model_dir,
+                                                                         tmp_path):
+  """The benchmark evaluator reads the U-model twice: as trained (a prefix LM: prompt EOS,
+  bidirectional prompt) and causally; the causal reading answers exactly as the same checkpoint
+  loaded as the causal LM it is. Other models are read once."""
+  import os  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from ul2flan.inference import generator as generator_lib  # pylint: disable=g-import-not-at-top
+  from ul2flan.evaluation import suite  # pylint: disable=g-import-not-at-top
+  shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
+  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
+    os.makedirs(tmp_path / "data" / "bbh" / sub)
+    shutil.copy(os.path.join(shared, sub, f"boolean_expressions.{ext}"),
+                tmp_path / "data" / "bbh" / sub)
+  eval_settings = settings.EvaluationSettings(
+      benchmarks_data_dir=str(tmp_path / "data"), benchmarks=["bbh"], benchmark_modes="direct",
+      benchmark_max_examples=3, batch_size=4)
+  u_model = generator_lib.load_generator(trained_model_dir, prefix_lm=True, batch_size=4)
+  assert u_model.prefix_lm and u_model.prompt_eos
+  evaluator = benchmark_eval.BenchmarkEvaluator()
+  out = evaluator.evaluate(u_model, evaluators.EvalRequest(
+      "ul2r", trained_model_dir, str(tmp_path / "eval"), eval_settings))
+  causal = generator_lib.load_generator(trained_model_dir, batch_size=4)  # as trained: an LM
+  assert not causal.prefix_lm and not causal.prompt_eos
+  tasks = suite.build_tasks(str(tmp_path / "data"), benchmark="bbh", mode="direct")
+  reference = harness.run_suite(causal, tasks, harness.fitted_to(harness.HarnessConfig(
+      batch_size=4, max_examples_per_subtask=3, output_dir=str(tmp_path / "reference")), causal))
+
+  def rows(out_dir):
+    return [json.loads(line) for path in sorted(out_dir.glob("*.predictions.jsonl"))
+            for line in path.read_text().splitlines()]
+
+  assert [r["prediction"] for r in rows(tmp_path / "eval" / "ul2r.benchmarks_causal")] == [
+      r["prediction"] for r in rows(tmp_path / "reference")]
+  assert [r["prompt"] for r in rows(tmp_path / "eval" / "ul2r.benchmarks_causal")] == [
+      r["prompt"] for r in rows(tmp_path / "reference")]
+  assert out["metrics"]["benchmark_causal_bbh_direct"] == reference["tasks"]["bbh_direct"]["score"]
+  assert "benchmark_bbh_direct" in out["metrics"]
+  lines = "\n".join(evaluator.report_lines({0: {"ul2r": {"evaluators": {"benchmarks": out}}}}, {}))
+  assert "| U-base (UL2R), read causally | 0 | bbh_direct |" in lines
+  flan_u = evaluator.evaluate(u_model, evaluators.EvalRequest(
+      "flan_ul2r", trained_model_dir, str(tmp_path / "eval"), eval_settings))
+  assert "benchmarks_causal" not in flan_u and not any("causal" in k for k in flan_u["metrics"])

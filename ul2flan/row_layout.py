@@ -127,6 +127,11 @@ class RowLayout:
     """Whether the inputs (prompt) are attended bidirectionally: a prefix LM."""
     return self.kind == PREFIX_LM
 
+  def as_causal_lm(self) -> "RowLayout":
+    """The layout of the causal LM a U- or Flan model was pre-trained as: causal attention, no
+    EOS after the prompt, the same start. Reads the same weights apart from their new layout."""
+    return dataclasses.replace(self, kind=LM)
+
   def with_bidirectional_inputs(self, bidirectional: bool) -> "RowLayout":
     """This layout with its prompt attended bidirectionally or causally (`ul2flan infer
     --[no-]prefix_lm`). A model trained to answer after its inputs' EOS keeps that EOS."""

@@ -40,7 +40,6 @@ import jax
 
 from ul2flan import config as config_lib
 from ul2flan import paths
-from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.demo import probes
 from ul2flan.demo import report as demo_report
@@ -113,7 +112,7 @@ def trained_s_sentinel(model_dir) -> bool:
 def causal_view(gen):
   """The same weights read as the causal LM they were pre-trained as: causal attention, no EOS
   after the prompt (a U-model's or a Flan model's knowledge, apart from its new layout)."""
-  return gen.with_layout(dataclasses.replace(gen.layout, kind=row_layout.LM))
+  return gen.with_layout(gen.layout.as_causal_lm())
 
 
 # ---- knowledge ----------------------------------------------------------------------------------

@@ -65,41 +65,69 @@ def chat_template_setting(request) -> bool | None:
   return enabled == "True"
 
 
+# The U-model is trained on denoising rows, not on answering: it is also read causally.
+CAUSALLY_READ_MODEL = "ul2r"
+
+
+def _metrics(summary: Mapping, prefix: str) -> dict[str, float]:
+  """`<prefix>_<task>` scores, `..._normalized`, and the normalized mean of what ran (the
+  paper's six when all are present: normalized_average)."""
+  normalized = {name: task["normalized_score"] for name, task in summary["tasks"].items()}
+  metrics = {f"{prefix}_{name}": task["score"] for name, task in summary["tasks"].items()}
+  metrics.update({f"{prefix}_{name}_normalized": v for name, v in normalized.items()})
+  metrics[f"{prefix}_normalized_average"] = (sum(normalized.values()) / len(normalized)
+                                             if normalized else 0.0)
+  return metrics
+
+
 class BenchmarkEvaluator:
   """MMLU / BBH / TyDiQA / MGSM, capped per subtask, with the Flan normalized average."""
   name = "benchmarks"
-  headline = (("benchmark_normalized_average", "Flan benchmarks, normalized average"),)
+  headline = (("benchmark_normalized_average", "Flan benchmarks, normalized average"),
+              ("benchmark_causal_normalized_average",
+               "Flan benchmarks, normalized average, read causally"))
 
   def check(self, settings) -> None:
     available_tasks(settings)
 
   def evaluate(self, gen, request) -> dict:
+    tasks = available_tasks(request.settings)
+    summary = self._run(gen, tasks, request, f"{request.model}.benchmarks")
+    metrics = _metrics(summary, "benchmark")
+    result = {"metrics": metrics, "benchmarks": summary}
+    if (request.model == CAUSALLY_READ_MODEL and request.settings.benchmark_u_model_causal
+        and gen.prefix_lm):
+      causal = self._run(gen.with_layout(gen.layout.as_causal_lm()), tasks, request,
+                         f"{request.model}.benchmarks_causal")
+      metrics.update(_metrics(causal, "benchmark_causal"))
+      result["benchmarks_causal"] = causal
+    return result
+
+  @staticmethod
+  def _run(gen, tasks, request, out_name: str) -> dict:
     settings = request.settings
-    tasks = available_tasks(settings)
     config = harness.fitted_to(harness.HarnessConfig(
         batch_size=settings.batch_size, max_examples_per_subtask=settings.benchmark_max_examples,
-        output_dir=paths.join(request.out_dir, f"{request.model}.benchmarks"),
+        output_dir=paths.join(request.out_dir, out_name),
         chat_template=chat_template_setting(request)), gen)
-    summary = harness.run_suite(gen, tasks, config)
-    normalized = {name: task["normalized_score"] for name, task in summary["tasks"].items()}
-    metrics = {f"benchmark_{name}": task["score"] for name, task in summary["tasks"].items()}
-    metrics.update({f"benchmark_{name}_normalized": v for name, v in normalized.items()})
-    # The mean of what ran (the paper's six when all are present: normalized_average).
-    metrics["benchmark_normalized_average"] = (sum(normalized.values()) / len(normalized)
-                                               if normalized else 0.0)
-    return {"metrics": metrics, "benchmarks": summary}
+    return harness.run_suite(gen, tasks, config)
 
   def report_lines(self, results_by_seed: Mapping, summary: Mapping) -> list[str]:
     rows = []
     for seed in sorted(results_by_seed):
       for model in [m for m in LABELS if m in results_by_seed[seed]]:
-        bench = results_by_seed[seed][model]["evaluators"].get(self.name, {}).get("benchmarks")
+        results = results_by_seed[seed][model]["evaluators"].get(self.name, {})
+        bench = results.get("benchmarks")
         if not bench:
           continue
-        for name, task in bench["tasks"].items():
-          rows.append(f"| {LABELS[model]} | {seed} | {name} | {task['score']:.1f} | "
-                      f"{task['chance']:.1f} | {task['normalized_score']:.1f} | "
-                      f"{task['num_examples']} |")
+        readings = [(LABELS[model], bench)]
+        if results.get("benchmarks_causal"):
+          readings.append((f"{LABELS[model]}, read causally", results["benchmarks_causal"]))
+        for label, reading in readings:
+          for name, task in reading["tasks"].items():
+            rows.append(f"| {label} | {seed} | {name} | {task['score']:.1f} | "
+                        f"{task['chance']:.1f} | {task['normalized_score']:.1f} | "
+                        f"{task['num_examples']} |")
         missing = [t for t in scoring.FLAN_NORMALIZED_AVERAGE_TASKS if t not in bench["tasks"]]
         if not missing:
           average = scoring.normalized_average({n: t["normalized_score"]
@@ -112,7 +140,9 @@ class BenchmarkEvaluator:
             "Capped subsets (`evaluation_settings.benchmark_max_examples` per subtask), prompts "
             "fitted to the model's trained length; normalized = 100 (score - chance) / (100 - "
             "chance). The main table's average is over the tasks that ran; the paper's average "
-            "of six needs all of MMLU direct/CoT, BBH direct/CoT, TyDiQA and MGSM.", "",
+            "of six needs all of MMLU direct/CoT, BBH direct/CoT, TyDiQA and MGSM. The U-model "
+            "is read as trained (a prefix LM) and, as \"read causally\", as the causal LM it "
+            "was pre-trained as (`evaluation_settings.benchmark_u_model_causal`).", "",
             "| model | seed | task | score | chance | normalized | n |",
             "|---|---|---|---|---|---|---|"] + rows
 

@@ -87,6 +87,9 @@ class EvaluationSettings:
   benchmark_max_examples: int = 10
   benchmark_modes: str = "both"  # "direct", "cot" or "both"
   chat_template: bool = True  # benchmark prompts through the tokenizer's chat template, if any
+  # The U-model (trained on denoising rows, not on answering) also read as the causal LM it was
+  # pre-trained as: its benchmarks apart from its new layout (`benchmark_causal_*`).
+  benchmark_u_model_causal: bool = True
   # text_infilling
   text_infilling_corpus: str | None = None  # a corpus spec; the pipelines bind UL2R_CORPUS
   text_infilling_examples: int = 40
