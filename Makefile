@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 # The suite runs on both cores (pytest-xdist), each test file on one worker so that its module
-# fixtures are built once; PYTEST_WORKERS=0 runs it in one process.
+# fixtures are built once; PYTEST_WORKERS=0 runs it in one process. Files are handed out in
+# collection order (tests/conftest.py puts the end-to-end files first), not xdist's default of
+# most tests first, which left the long one-test files to finish the suite alone.
 PYTEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install test test-fast lint-imports demo demo-quick demo-seeds bench clean
 

@@ -92,24 +92,26 @@ class BenchmarkEvaluator:
 
   def evaluate(self, gen, request) -> dict:
     tasks = available_tasks(request.settings)
-    summary = self._run(gen, tasks, request, f"{request.model}.benchmarks")
+    summary = self._run(gen, tasks, request, f"{request.model}.benchmarks",
+                        chat_template_setting(request))
     metrics = _metrics(summary, "benchmark")
     result = {"metrics": metrics, "benchmarks": summary}
     if (request.model == CAUSALLY_READ_MODEL and request.settings.benchmark_u_model_causal
         and gen.prefix_lm):
+      # Read as the model it continues is read: with the imported base's chat template, if any.
       causal = self._run(gen.with_layout(gen.layout.as_causal_lm()), tasks, request,
-                         f"{request.model}.benchmarks_causal")
+                         f"{request.model}.benchmarks_causal",
+                         None if request.settings.chat_template else False)
       metrics.update(_metrics(causal, "benchmark_causal"))
       result["benchmarks_causal"] = causal
     return result
 
   @staticmethod
-  def _run(gen, tasks, request, out_name: str) -> dict:
+  def _run(gen, tasks, request, out_name: str, chat_template: bool | None) -> dict:
     settings = request.settings
     config = harness.fitted_to(harness.HarnessConfig(
         batch_size=settings.batch_size, max_examples_per_subtask=settings.benchmark_max_examples,
-        output_dir=paths.join(request.out_dir, out_name),
-        chat_template=chat_template_setting(request)), gen)
+        output_dir=paths.join(request.out_dir, out_name), chat_template=chat_template), gen)
     return harness.run_suite(gen, tasks, config)
 
   def report_lines(self, results_by_seed: Mapping, summary: Mapping) -> list[str]:

@@ -88,7 +88,8 @@ class EvaluationSettings:
   benchmark_modes: str = "both"  # "direct", "cot" or "both"
   chat_template: bool = True  # benchmark prompts through the tokenizer's chat template, if any
   # The U-model (trained on denoising rows, not on answering) also read as the causal LM it was
-  # pre-trained as: its benchmarks apart from its new layout (`benchmark_causal_*`).
+  # pre-trained as, in the imported base's prompt format (its chat template, if any): its
+  # benchmarks apart from its new layout (`benchmark_causal_*`).
   benchmark_u_model_causal: bool = True
   # text_infilling
   text_infilling_corpus: str | None = None  # a corpus spec; the pipelines bind UL2R_CORPUS
