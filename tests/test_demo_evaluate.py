@@ -4,6 +4,8 @@ score by its published definition, the seed summary by hand-computed means."""
 
 import copy
 import json
+import os
+import shutil
 
 import pytest
 
@@ -13,6 +15,8 @@ from ul2flan.demo import evaluate
 from ul2flan.demo import probes
 from ul2flan.demo import world
 from ul2flan.evaluation import harness
+from ul2flan.evaluation import suite
+from ul2flan.inference import generator as generator_lib
 from ul2flan.pipeline import benchmark_eval
 from ul2flan.pipeline import evaluators
 from ul2flan.pipeline import settings
@@ -464,10 +468,6 @@ def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained
   """The benchmark evaluator reads the U-model twice: as trained (a prefix LM: prompt EOS,
   bidirectional prompt) and causally; the causal reading answers exactly as the same checkpoint
   loaded as the causal LM it is. Other models are read once."""
-  import os  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  from ul2flan.inference import generator as generator_lib  # pylint: disable=g-import-not-at-top
-  from ul2flan.evaluation import suite  # pylint: disable=g-import-not-at-top
   shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
   for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
     os.makedirs(tmp_path / "data" / "bbh" / sub)

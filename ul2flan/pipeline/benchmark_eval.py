@@ -48,17 +48,21 @@ def available_tasks(settings) -> list[common.EvalTask]:
   return tasks
 
 
+def as_imported_chat_template(settings) -> bool | None:
+  """How a model read as the imported base is read: its tokenizer's chat template when it has
+  one (None: the harness decides), unless `evaluation_settings.chat_template = False`."""
+  return None if settings.chat_template else False
+
+
 def chat_template_setting(request) -> bool | None:
   """Benchmark prompts in the format each model was trained in: a model trained here gets the
   chat template only if its Flan rows were chat exchanges (`ChatFormat.enabled`: True, or "auto"
   with a tokenizer that has one); a model it did not train (the imported base) its own chat
   template when its tokenizer has one (None: the harness decides, as for "auto"). Off everywhere
   with `evaluation_settings.chat_template = False`."""
-  if not request.settings.chat_template:
-    return False
   trained_with = config_lib.trained_bindings(request.checkpoint_dir)
-  if trained_with is None:
-    return None
+  if trained_with is None or not request.settings.chat_template:
+    return as_imported_chat_template(request.settings)
   enabled = config_lib.bound_value(trained_with, "ChatFormat.enabled")
   if enabled in ("'auto'", '"auto"'):
     return None
@@ -101,7 +105,7 @@ class BenchmarkEvaluator:
       # Read as the model it continues is read: with the imported base's chat template, if any.
       causal = self._run(gen.with_layout(gen.layout.as_causal_lm()), tasks, request,
                          f"{request.model}.benchmarks_causal",
-                         None if request.settings.chat_template else False)
+                         as_imported_chat_template(request.settings))
       metrics.update(_metrics(causal, "benchmark_causal"))
       result["benchmarks_causal"] = causal
     return result
