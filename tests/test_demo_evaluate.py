@@ -13,6 +13,7 @@ from ul2flan import row_layout
 from ul2flan import vocabularies
 from ul2flan.demo import evaluate
 from ul2flan.demo import probes
+from ul2flan.demo import tasks as demo_tasks
 from ul2flan.demo import world
 from ul2flan.evaluation import harness
 from ul2flan.evaluation import suite
@@ -315,6 +316,27 @@ def test_u_model_gets_heldout_questions_as_s_denoiser_inputs():
   assert [r["prediction"] for r in out["rows"]] == ["box", "Olga"]
   assert [r["correct"] for r in out["rows"]] == [True, False]
   assert [r["rank_correct"] for r in out["rows"]] == [True, True]
+
+
+@pytest.mark.parametrize("prefix_lm", [True, False])
+def test_a_prefix_lm_also_answers_heldout_questions_causally(prefix_lm, tmp_path):
+  """Through `[S2S]` this stub writes nothing; given the plain question (the causal reading), it
+  writes the gold answer and ranks it first. A causal model's causal reading is its only one."""
+  gold = {e["inputs"]: e["targets"] for e in demo_tasks.heldout_eval_examples("test")}
+  model = StubModel(prefix_lm=prefix_lm, texts=gold, infills=lambda prompt: [EOS],
+                    id_scores=lambda prompt, target: 0.0,
+                    option_scores=lambda prompt, option: 0.0 if option == gold[prompt] else -1.0)
+  run_settings = {"knowledge_max_people": 1, "heldout_split": "test", "heldout_shots": 0,
+                  "heldout_max_examples": 6, "max_new_tokens": 4, "infilling_examples": 1}
+  out = evaluate.evaluate_generator(model, run_settings, tmp_path, "ul2r", u_model=prefix_lm)
+  m = out["metrics"]
+  assert m["heldout_causal_generation_accuracy"] == m["heldout_causal_rank_accuracy"] == 100
+  assert m["heldout_generation_accuracy"] == (0 if prefix_lm else 100)
+  causal_rows = tmp_path / "ul2r.heldout_causal.jsonl"
+  assert causal_rows.exists() == prefix_lm
+  if prefix_lm:
+    rows = [json.loads(line) for line in causal_rows.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["prediction"] == gold[r["prompt"]] for r in rows)
 
 
 def _result(gen, infill, knowledge=50.0):

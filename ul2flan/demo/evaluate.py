@@ -18,7 +18,8 @@ What is measured (`result["metrics"]`, one flat dict per model; `probes` defines
   and rank classification (the option with the highest log-likelihood). Per task, accuracy and
   the Flan paper's chance-normalized score; `heldout_valid_answer_rate` is how often the
   generated answer is one of the listed options at all. The U-model (UL2R's output, trained only
-  on mode-token rows) gets the question as S inputs too; Flan models as Flan trained them.
+  on mode-token rows) gets the question as S inputs too; Flan models as Flan trained them. A
+  prefix LM is also read causally (`heldout_causal_*`; a causal model's are its `heldout_*`).
 * Infilling (`infilling_context_*`, `infilling_fact_*`): the R denoiser's inputs with one span
   replaced by sentinel 0; the model must write that span after `<extra_id_0>`. Also by rank
   (`infilling_*_rank_accuracy`): the gold span among other values of its kind, each scored as
@@ -306,6 +307,11 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model",
                          s_denoiser_layout(gen.vocabulary, s_sentinel) if u_model else None)
   metrics.update(heldout["metrics"])
   result["tasks"] = heldout["tasks"]
+  causal_heldout = heldout
+  if gen.prefix_lm:  # as for knowledge: the same questions to the causal LM it was pre-trained as
+    causal_heldout = heldout_eval(causal_view(gen), examples, settings["max_new_tokens"])
+  metrics.update({k.replace("heldout_", "heldout_causal_", 1): v
+                  for k, v in causal_heldout["metrics"].items()})
   result["seconds"]["heldout"] = time.time() - t
 
   t = time.time()
@@ -323,6 +329,8 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model",
     if causal_rows:
       _write_jsonl(out_dir / f"{name}.knowledge_causal.jsonl", causal_rows)
     _write_jsonl(out_dir / f"{name}.heldout.jsonl", heldout["rows"])
+    if causal_heldout is not heldout:
+      _write_jsonl(out_dir / f"{name}.heldout_causal.jsonl", causal_heldout["rows"])
     _write_jsonl(out_dir / f"{name}.infilling.jsonl", infill_rows)
   return result
 

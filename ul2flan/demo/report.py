@@ -28,6 +28,8 @@ HEADLINE_METRICS = (
     # Last, so that the plot's first four bars stay the ones above.
     ("knowledge_causal_corpus_accuracy", "knowledge cloze read causally, corpus phrasing (%)"),
     ("knowledge_causal_heldout_accuracy", "knowledge cloze read causally, new phrasing (%)"),
+    ("heldout_causal_generation_normalized", "held-out gen read causally (norm.)"),
+    ("heldout_causal_rank_normalized", "held-out rank read causally (norm.)"),
 )
 KEEPS_KNOWLEDGE = 0.9  # UL2R's knowledge claim: U-base at least 90% of the base's, every seed
 
@@ -48,7 +50,7 @@ def section(results_by_seed: Mapping[int, Mapping[str, Mapping]], summary: Mappi
            "denoiser: `[S2S]` + text, the value after the EOS), and also causally (the same "
            "weights as the causal LM they were pre-trained as: no mode token, no EOS, causal "
            "attention; a causal model's only reading). The U-model gets held-out questions as S "
-           "inputs too. "
+           "inputs too, and every prefix LM gets them causally as well (\"read causally\"). "
            "Infilling: greedy, exact match of the span written after `<extra_id_0>`; by rank: "
            f"the gold span ranked first among {probes.INFILLING_CANDIDATES} values of its kind "
            "(fewer for containers), each scored as the target `<extra_id_0> value EOS`"
@@ -57,7 +59,8 @@ def section(results_by_seed: Mapping[int, Mapping[str, Mapping]], summary: Mappi
     lines += ["", "### Held-out tasks (accuracy %)", ""] + _task_table(results_by_seed[seeds[0]])
   lines += ["", "### Does the papers' direction show?", ""] + direction_notes(summary)
   lines += ["", "Per-example rows: `eval/<model>.heldout.jsonl`, `.knowledge.jsonl`, "
-            "`.infilling.jsonl`."]
+            "`.infilling.jsonl` (and `.heldout_causal.jsonl`, `.knowledge_causal.jsonl` for a "
+            "prefix LM)."]
   return lines
 
 
@@ -109,6 +112,8 @@ def direction_notes(summary: dict) -> list[str]:
              "flan_ul2r", "base", gen, 20.0),
       claims.claim(summary, "Flan-U-base vs U-base, held-out gen (normalized)", "flan_ul2r", "ul2r",
              gen, 20.0),
+      claims.claim(summary, "U-base read causally vs base, held-out gen (normalized; U-PaLM: "
+             "better few-shot)", "ul2r", "base", "heldout_causal_generation_normalized"),
       claims.claim(summary, "Flan-base vs base, held-out rank (normalized)", "flan_base", "base",
              "heldout_rank_normalized"),
       claims.claim(summary, "UL2R buys infilling (span in context, greedy; target U-base >= 30 "
