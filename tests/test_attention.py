@@ -232,11 +232,11 @@ def test_cached_prefill_and_step_equal_full_forward(window, impl):
   rng = np.random.RandomState(4)
   prompt_len, cache_len = 8, 12
   tokens = jnp.asarray(rng.randint(3, 700, size=(2, prompt_len + 1)))
-  params = nn.unbox(model.init(jax.random.key(0), tokens))["params"]
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens))["params"]
   lengths = np.array([8, 5])
   slots = np.broadcast_to(np.arange(cache_len), (2, cache_len))
   prompt_seg = (slots[:, :prompt_len] < lengths[:, None]).astype(np.int32)
-  prefill, cache = model.apply(
+  prefill, cache = jax.jit(model.apply)(
       {"params": params}, tokens[:, :prompt_len], decoder_segment_ids=jnp.asarray(prompt_seg),
       decoder_positions=jnp.asarray(slots[:, :prompt_len]),
       cache=model.init_cache(2, cache_len), cache_offsets=jnp.zeros((2,), jnp.int32),
@@ -244,13 +244,13 @@ def test_cached_prefill_and_step_equal_full_forward(window, impl):
       key_positions=jnp.asarray(slots))
   # One step: row r feeds token `next_tok[r]` at position lengths[r].
   next_tok = tokens[np.arange(2), lengths][:, None]
-  step, _ = model.apply(
+  step, _ = jax.jit(model.apply)(
       {"params": params}, next_tok, decoder_segment_ids=jnp.ones((2, 1), jnp.int32),
       decoder_positions=jnp.asarray(lengths[:, None]), cache=cache,
       cache_offsets=jnp.asarray(lengths),
       key_segment_ids=jnp.asarray((slots <= lengths[:, None]).astype(np.int32)),
       key_positions=jnp.asarray(slots))
-  reference = Decoder(dataclasses.replace(cfg, attention_impl="xla")).apply
+  reference = jax.jit(Decoder(dataclasses.replace(cfg, attention_impl="xla")).apply)
   for r, n in enumerate(lengths):
     full = reference({"params": params}, tokens[r:r + 1, :n + 1])
     np.testing.assert_allclose(np.asarray(prefill)[r, :n], np.asarray(full)[0, :n],
