@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 
+import jax
 import pytest
 
 from ul2flan import row_layout
+from ul2flan import stop_sequences
 from ul2flan import vocabularies
 from ul2flan.demo import evaluate
 from ul2flan.demo import probes
@@ -23,6 +25,7 @@ from ul2flan.pipeline import evaluators
 from ul2flan.pipeline import settings
 from ul2flan.pipeline import report as pipeline_report
 from ul2flan.pipeline import runner
+from ul2flan.ul2 import trained
 
 VOCAB = vocabularies.get_vocabulary()
 EOS = vocabularies.EOS_ID
@@ -280,12 +283,16 @@ def test_a_prefix_lm_is_also_read_causally():
 
 
 def test_the_s_layout_is_read_from_the_config_the_model_was_trained_with(tmp_path):
-  assert not evaluate.trained_s_sentinel(tmp_path)  # nothing saved: UL2's S, no sentinel
+  assert trained.trained_s_reading(tmp_path) is None  # nothing saved: an import
   config = tmp_path / "config.operative.gin"
+  config.write_text("TRAIN_STEPS = 4\n")
+  assert trained.trained_s_reading(tmp_path) is None  # trained, but on no UL2 preset
   config.write_text("ul2r_preset.rates = (0.5, 0.25, 0.25)\nul2r_preset.s_sentinel = False\n")
-  assert not evaluate.trained_s_sentinel(tmp_path)
+  assert trained.trained_s_reading(tmp_path) == trained.SReading("[S2S]", sentinel=False)
   config.write_text("# Parameters for ul2r_preset:\nul2r_preset.s_sentinel = True\n")
-  assert evaluate.trained_s_sentinel(tmp_path)
+  assert trained.trained_s_reading(tmp_path) == trained.SReading("[S2S]", sentinel=True)
+  config.write_text("ul2_preset.mode_tokens = ('<r>', '<x>', '<s>')\n")
+  assert trained.trained_s_reading(tmp_path) == trained.SReading("<s>", sentinel=False)
 
 
 def test_layout_reads_the_answer_after_its_leading_ids_up_to_eos():
@@ -487,9 +494,10 @@ def test_benchmark_prompts_use_the_chat_template_only_as_the_model_was_trained(t
 
 def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained_model_dir,
                                                                          tmp_path):
-  """The benchmark evaluator reads the U-model twice: as trained (a prefix LM: prompt EOS,
-  bidirectional prompt) and causally; the causal reading answers exactly as the same checkpoint
-  loaded as the causal LM it is. Other models are read once."""
+  """The benchmark evaluator reads the U-model twice: as trained (a prefix LM: `[S2S]` before
+  the prompt, prompt EOS, bidirectional prompt; the answers those ids give, laid out by hand)
+  and causally; the causal reading answers exactly as the same checkpoint loaded as the causal
+  LM it is. Other models are read once, without a mode token."""
   shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
   for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
     os.makedirs(tmp_path / "data" / "bbh" / sub)
@@ -498,12 +506,19 @@ def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained
   eval_settings = settings.EvaluationSettings(
       benchmarks_data_dir=str(tmp_path / "data"), benchmarks=["bbh"], benchmark_modes="direct",
       benchmark_max_examples=3, batch_size=4)
-  u_model = generator_lib.load_generator(trained_model_dir, prefix_lm=True, batch_size=4)
+  u_dir = tmp_path / "u_model"  # the micro model, as if trained on UL2R
+  shutil.copytree(trained_model_dir, u_dir)
+  with open(u_dir / "config.operative.gin", "a") as f:
+    f.write("ul2r_preset.mode_tokens = ('[NLU]', '[NLG]', '[S2S]')\n")
+  # Params x4: sharper logits, so that greedy answers depend on the prompt (a one-step model
+  # answers every prompt with EOS).
+  sharpened = lambda gen: setattr(gen, "params", jax.tree.map(lambda x: x * 4, gen.params)) or gen
+  u_model = sharpened(generator_lib.load_generator(str(u_dir), prefix_lm=True, batch_size=4))
   assert u_model.prefix_lm and u_model.prompt_eos
   evaluator = benchmark_eval.BenchmarkEvaluator()
   out = evaluator.evaluate(u_model, evaluators.EvalRequest(
-      "ul2r", trained_model_dir, str(tmp_path / "eval"), eval_settings))
-  causal = generator_lib.load_generator(trained_model_dir, batch_size=4)  # as trained: an LM
+      "ul2r", str(u_dir), str(tmp_path / "eval"), eval_settings))
+  causal = sharpened(generator_lib.load_generator(trained_model_dir, batch_size=4))  # an LM
   assert not causal.prefix_lm and not causal.prompt_eos
   tasks = suite.build_tasks(str(tmp_path / "data"), benchmark="bbh", mode="direct")
   reference = harness.run_suite(causal, tasks, harness.fitted_to(harness.HarnessConfig(
@@ -518,9 +533,21 @@ def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained
   assert [r["prompt"] for r in rows(tmp_path / "eval" / "ul2r.benchmarks_causal")] == [
       r["prompt"] for r in rows(tmp_path / "reference")]
   assert out["metrics"]["benchmark_causal_bbh_direct"] == reference["tasks"]["bbh_direct"]["score"]
-  assert "benchmark_bbh_direct" in out["metrics"]
+  # As trained: the prompt's ids after the S mode token's, in the order the harness batches them.
+  (task,) = tasks
+  as_trained = sorted(rows(tmp_path / "eval" / "ul2r.benchmarks"), key=lambda r: len(r["prompt"]))
+  by_hand = u_model.generate_ids(
+      [VOCAB.encode("[S2S]") + VOCAB.encode(r["prompt"]) for r in as_trained],
+      max_new_tokens=task.max_new_tokens, stop_sequences=task.stop_sequences)
+  assert [r["prediction"] for r in as_trained] == [
+      stop_sequences.truncate(u_model.decode_text(ids), task.stop_sequences) for ids in by_hand]
+  without_mode = u_model.generate_ids([VOCAB.encode(r["prompt"]) for r in as_trained],
+                                      max_new_tokens=task.max_new_tokens,
+                                      stop_sequences=task.stop_sequences)
+  assert [list(a) for a in by_hand] != [list(b) for b in without_mode]  # the mode token counts
+  assert out["benchmarks"]["tasks"]["bbh_direct"]["score"] == out["metrics"]["benchmark_bbh_direct"]
   lines = "\n".join(evaluator.report_lines({0: {"ul2r": {"evaluators": {"benchmarks": out}}}}, {}))
   assert "| U-base (UL2R), read causally | 0 | bbh_direct |" in lines
   flan_u = evaluator.evaluate(u_model, evaluators.EvalRequest(
-      "flan_ul2r", trained_model_dir, str(tmp_path / "eval"), eval_settings))
+      "flan_ul2r", str(u_dir), str(tmp_path / "eval"), eval_settings))
   assert "benchmarks_causal" not in flan_u and not any("causal" in k for k in flan_u["metrics"])

@@ -1,6 +1,6 @@
 """A run's row layout: the one owner of how a training row and a prompt are laid out.
 
-Three decisions make a layout, and every consumer (the input pipeline, the trainer's padding
+These decisions make a layout, and every consumer (the input pipeline, the trainer's padding
 rows, the train step's loss weights, the model's attention mask, the generator's prompts) asks a
 `RowLayout` instead of deciding for itself:
 
@@ -17,9 +17,13 @@ rows, the train step's loss weights, the model's attention mask, the generator's
   hidden from every other position's attention, and nothing is predicted from it (no loss on a
   segment's first token). Positions are relative (RoPE), so the row's text is then computed
   exactly as the original model computes it from position 0.
+* `mode_ids`, prompts only: what a prompt begins with after the start slot. Empty, except for a
+  U-model read as it was trained (`with_mode_ids`: its S denoiser's mode token, `[S2S]`); its
+  training rows got theirs from the denoisers.
 
-The layout is derived, never stored twice: `kind` is the run's FEATURE_CONVERTER and
-`hidden_start` comes from the vocabulary (`vocabularies.adds_start_token`).
+The layout is derived, never stored twice: `kind` is the run's FEATURE_CONVERTER,
+`hidden_start` comes from the vocabulary (`vocabularies.adds_start_token`) and `mode_ids` from
+the trained S denoiser (`ul2flan.ul2.trained`).
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ class RowLayout:
   """How rows and prompts are laid out for one model (see the module docstring)."""
   kind: str = LM
   hidden_start: bool = False
+  # Prompts only: ids a prompt begins with, after the start slot. A U-model read as trained gets
+  # its S denoiser's mode token here (`with_mode_ids`), as every input it trained on began with one.
+  mode_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.kind not in FEATURE_CONVERTERS:
@@ -130,7 +137,11 @@ class RowLayout:
   def as_causal_lm(self) -> "RowLayout":
     """The layout of the causal LM a U- or Flan model was pre-trained as: causal attention, no
     EOS after the prompt, the same start. Reads the same weights apart from their new layout."""
-    return dataclasses.replace(self, kind=LM)
+    return dataclasses.replace(self, kind=LM, mode_ids=())
+
+  def with_mode_ids(self, ids: Sequence[int]) -> "RowLayout":
+    """This layout with prompts that begin with `ids` (a UL2 denoiser's mode token)."""
+    return dataclasses.replace(self, mode_ids=tuple(int(i) for i in ids))
 
   def with_bidirectional_inputs(self, bidirectional: bool) -> "RowLayout":
     """This layout with its prompt attended bidirectionally or causally (`ul2flan infer
@@ -150,11 +161,12 @@ class RowLayout:
 
   def prompt(self, ids: Sequence[int], eos_id: int, ends_with_eos: bool | None = None
              ) -> list[int]:
-    """A prompt as the model saw its rows begin: the start slot, the ids, and the EOS that ends
-    the inputs for the prefix layouts (`ends_with_eos` overrides, e.g. to continue an input)."""
+    """A prompt as the model saw its rows begin: the start slot, the mode ids if any, the ids,
+    and the EOS that ends the inputs for the prefix layouts (`ends_with_eos` overrides, e.g. to
+    continue an input)."""
     eos = self.prompt_ends_with_eos if ends_with_eos is None else ends_with_eos
-    return [START_SLOT_ID, *ids] + ([eos_id] if eos else [])
+    return [START_SLOT_ID, *self.mode_ids, *ids] + ([eos_id] if eos else [])
 
   def prompt_length(self, num_ids: int) -> int:
     """Model positions a prompt of `num_ids` text ids takes (`prompt`'s length)."""
-    return 1 + num_ids + (1 if self.prompt_ends_with_eos else 0)
+    return 1 + len(self.mode_ids) + num_ids + (1 if self.prompt_ends_with_eos else 0)

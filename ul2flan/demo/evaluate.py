@@ -39,7 +39,6 @@ from typing import Sequence
 
 import jax
 
-from ul2flan import config as config_lib
 from ul2flan import paths
 from ul2flan import vocabularies
 from ul2flan.demo import probes
@@ -47,6 +46,8 @@ from ul2flan.demo import report as demo_report
 from ul2flan.demo import tasks as demo_tasks
 from ul2flan.evaluation import scoring
 from ul2flan.pipeline import evaluators
+from ul2flan.pipeline import settings as settings_lib
+from ul2flan.ul2 import trained as ul2_trained
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,6 @@ def s_denoiser_layout(vocabulary, sentinel: bool = False) -> Layout:
   (`sentinel`: its inputs end and its targets start with sentinel 0) the answer after it."""
   first = tuple(vocabularies.sentinel_ids(vocabulary)[:1]) if sentinel else ()
   return Layout(tuple(vocabulary.encode(probes.mode_token("S"))), first, first)
-
-
-def trained_s_sentinel(model_dir) -> bool:
-  """Whether the model in `model_dir` was trained with S laid out with sentinel 0: the operative
-  gin config its trainer saved binds `ul2r_preset.s_sentinel` (or `ul2_preset.`) to True."""
-  text = config_lib.trained_bindings(model_dir) or ""
-  return "True" in (config_lib.bound_value(text, "ul2r_preset.s_sentinel"),
-                    config_lib.bound_value(text, "ul2_preset.s_sentinel"))
 
 
 def causal_view(gen):
@@ -340,7 +333,9 @@ def _write_jsonl(path, rows: list[dict]) -> None:
     paths.resolve(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-U_MODEL = "ul2r"  # the pipeline stage whose model UL2R made (`ul2flan.pipeline.stages`)
+def _trained_with_s_sentinel(model_dir) -> bool:
+  reading = ul2_trained.trained_s_reading(model_dir)
+  return bool(reading and reading.sentinel)
 
 
 class DemoEvaluator:
@@ -356,8 +351,8 @@ class DemoEvaluator:
 
   def evaluate(self, gen, request) -> dict:
     result = evaluate_generator(gen, request.settings.as_dict(), paths.resolve(request.out_dir),
-                                request.model, u_model=request.model == U_MODEL,
-                                s_sentinel=trained_s_sentinel(request.checkpoint_dir))
+                                request.model, u_model=request.model == settings_lib.U_MODEL,
+                                s_sentinel=_trained_with_s_sentinel(request.checkpoint_dir))
     result["heldout_split"] = request.settings.heldout_split
     result["heldout_shots"] = request.settings.heldout_shots
     return result

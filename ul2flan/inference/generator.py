@@ -151,11 +151,15 @@ class Generator:
       name = "prefix LM"
     else:
       name = "causal prefix LM (inputs EOS targets)" if self.prompt_eos else "causal LM"
-    return name + (", start slot hidden" if self.layout.hidden_start else "")
+    mode = (f", prompts after {self.vocabulary.decode(list(self.layout.mode_ids))!r}"
+            if self.layout.mode_ids else "")
+    return name + mode + (", start slot hidden" if self.layout.hidden_start else "")
 
   def count_tokens(self, text: str) -> int:
-    """Prompt length as the training inputs measured it (ids, plus the inputs' EOS if any)."""
-    return len(self.vocabulary.encode(text)) + (1 if self.prompt_eos else 0)
+    """Prompt length as the training inputs measured it (mode ids if any, the text's ids, the
+    inputs' EOS if any)."""
+    return (len(self.layout.mode_ids) + len(self.vocabulary.encode(text))
+            + (1 if self.prompt_eos else 0))
 
   def encode(self, text: str) -> list[int]:
     return self._model_prompt(self.vocabulary.encode(text), None)

@@ -19,7 +19,9 @@ from ul2flan.evaluation import harness
 from ul2flan.evaluation import scoring
 from ul2flan.evaluation import suite
 from ul2flan.pipeline import evaluators
+from ul2flan.pipeline import settings as settings_lib
 from ul2flan.pipeline.report import LABELS
+from ul2flan.ul2 import trained as ul2_trained
 
 
 def available_tasks(settings) -> list[common.EvalTask]:
@@ -69,8 +71,17 @@ def chat_template_setting(request) -> bool | None:
   return enabled == "True"
 
 
-# The U-model is trained on denoising rows, not on answering: it is also read causally.
-CAUSALLY_READ_MODEL = "ul2r"
+def as_trained(gen, request):
+  """`gen` prompted as its model was trained. The U-model's training inputs all began with a
+  mode token: its prompts begin with its S denoiser's (`[S2S]`), the denoiser that continues a
+  text. (A run with `s_sentinel=True`, not the default, wrote sentinel 0 before every S target;
+  that sentinel is left at the start of its answers here.)"""
+  if request.model != settings_lib.U_MODEL:
+    return gen
+  reading = ul2_trained.trained_s_reading(request.checkpoint_dir)
+  if reading is None or not reading.mode_token:
+    return gen
+  return gen.with_layout(gen.layout.with_mode_ids(gen.vocabulary.encode(reading.mode_token)))
 
 
 def _metrics(summary: Mapping, prefix: str) -> dict[str, float]:
@@ -96,11 +107,12 @@ class BenchmarkEvaluator:
 
   def evaluate(self, gen, request) -> dict:
     tasks = available_tasks(request.settings)
-    summary = self._run(gen, tasks, request, f"{request.model}.benchmarks",
+    summary = self._run(as_trained(gen, request), tasks, request, f"{request.model}.benchmarks",
                         chat_template_setting(request))
     metrics = _metrics(summary, "benchmark")
     result = {"metrics": metrics, "benchmarks": summary}
-    if (request.model == CAUSALLY_READ_MODEL and request.settings.benchmark_u_model_causal
+    # The U-model is trained on denoising rows, not on answering: it is also read causally.
+    if (request.model == settings_lib.U_MODEL and request.settings.benchmark_u_model_causal
         and gen.prefix_lm):
       # Read as the model it continues is read: with the imported base's chat template, if any.
       causal = self._run(gen.with_layout(gen.layout.as_causal_lm()), tasks, request,
@@ -147,7 +159,8 @@ class BenchmarkEvaluator:
             "fitted to the model's trained length; normalized = 100 (score - chance) / (100 - "
             "chance). The main table's average is over the tasks that ran; the paper's average "
             "of six needs all of MMLU direct/CoT, BBH direct/CoT, TyDiQA and MGSM. The U-model "
-            "is read as trained (a prefix LM) and, as \"read causally\", as the causal LM it "
+            "is read as trained (a prefix LM, prompts after its S mode token `[S2S]`) and, as "
+            "\"read causally\", as the causal LM it "
             "was pre-trained as (`evaluation_settings.benchmark_u_model_causal`).", "",
             "| model | seed | task | score | chance | normalized | n |",
             "|---|---|---|---|---|---|---|"] + rows

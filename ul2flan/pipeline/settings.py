@@ -20,6 +20,7 @@ from ul2flan.hf import import_vocabulary
 from ul2flan.hf_vocab import token_layout
 
 STAGES = ("base", "ul2r", "flan_ul2r", "flan_base")
+U_MODEL = "ul2r"  # the stage whose model UL2R made: every row it trained on began with a mode token
 
 
 @gin.configurable("run_pipeline")
