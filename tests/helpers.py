@@ -1,6 +1,7 @@
 """Small shared builders for trainer tests (a micro model so each run takes seconds)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,14 @@ def quiet_train_config(total_steps: int, **overrides) -> TrainConfig:
 def lm_dataset(batch_size=8, length=64, **kw) -> data.DatasetConfig:
   return data.DatasetConfig(mixture_or_task_name="demo_lm", task_feature_lengths={"targets": length},
                             batch_size=batch_size, **kw)
+
+
+def devices_env(count: int) -> dict[str, str]:
+  """Environment for a subprocess that sees `count` CPU devices, with the suite's other XLA
+  flags (tests/conftest.py) kept."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                 os.environ.get("XLA_FLAGS", "")).split()
+  return {"XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])}
 
 
 def run_cli(args, env_extra=None, timeout=300):

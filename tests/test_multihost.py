@@ -12,7 +12,7 @@ import pytest
 
 from ul2flan.commands import main as cli
 from ul2flan.training.metrics import read_metrics
-from helpers import MICRO_FLAGS, REPO_ROOT
+from helpers import MICRO_FLAGS, REPO_ROOT, devices_env
 
 MICRO_ARGS = [
     "--gin_file=gin_configs/runs/pretrain.gin", *MICRO_FLAGS,
@@ -72,7 +72,7 @@ def test_two_processes_match_single_process(tmp_path):
 
   multi = tmp_path / "multi"
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = {**os.environ, **devices_env(2)}
   procs = [subprocess.Popen(
       [sys.executable, "-m", "ul2flan", "train", f"--model_dir={multi}", *MICRO_ARGS,
        *EVAL_ARGS, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
@@ -106,7 +106,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_committed_step(tmp_path):
   import time
   d = tmp_path / "multi"
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = {**os.environ, **devices_env(2)}
   args = [a for a in MICRO_ARGS if not a.startswith("--gin.TRAIN_STEPS")]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "ul2flan", "train", f"--model_dir={d}", *args,

@@ -17,7 +17,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from helpers import MICRO_BINDINGS, REPO_ROOT
+from helpers import MICRO_BINDINGS, REPO_ROOT, devices_env
 from ul2flan.training import data
 from ul2flan.ul2 import denoisers
 from ul2flan.ul2 import tasks as ul2_tasks
@@ -48,8 +48,7 @@ def test_train_on_a_malformed_jsonl_line_exits_at_once_naming_file_and_line(tmp_
           "--gin.TrainConfig.progress=False",
           *[f"--gin.{b}" for b in MICRO_BINDINGS]]
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-         "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", **devices_env(1)}
   proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   lines, reported = [], []

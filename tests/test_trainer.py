@@ -13,7 +13,7 @@ from ul2flan.commands import main as cli
 from ul2flan.training import steps, trainer
 from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
-from helpers import (MICRO_FLAGS, lm_dataset, micro_config, quiet_train_config,
+from helpers import (MICRO_FLAGS, devices_env, lm_dataset, micro_config, quiet_train_config,
                      read_last_params, run_cli)
 
 STEPS = 6
@@ -65,7 +65,7 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
           *MICRO_FLAGS, "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
           "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
           "--gin.make_schedule.warmup_steps=100", "--gin.TrainConfig.peak_flops_per_device=1e12"]
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = devices_env(1)
   r = run_cli(args + [f"--gin.TRAIN_STEPS={STEPS}"], env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"[train] from scratch; training to step {STEPS}" in r.stderr
