@@ -3,8 +3,13 @@
 import os
 import sys
 
+# XLA's CPU backend without LLVM's costly optimisation passes (UL2FLAN_TEST_XLA_OPT=1 keeps them):
+# the micro models' programs are compiled far more often than they run, and the passes change
+# speed, not what is computed.
+_FAST_COMPILE = ("" if os.environ.get("UL2FLAN_TEST_XLA_OPT") == "1" else
+                 " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+                           " --xla_force_host_platform_device_count=4" + _FAST_COMPILE).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
