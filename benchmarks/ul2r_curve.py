@@ -40,14 +40,16 @@ R_MODE_TOKEN = "[NLU]"
 S_PREFIX_TOKENS = 4  # S: the first tokens of the continuation that must be exact
 
 
-def train(base: str, out: str, steps: int, every: int) -> None:
-  for name, bindings in RUNS.items():
+def train(base: str, out: str, steps: int, every: int, runs=tuple(RUNS),
+          end_learning_rate: float = 3e-5) -> None:
+  for name in runs:
+    bindings = RUNS[name]
     model_dir = os.path.join(out, name)
     command = [sys.executable, "-m", "ul2flan.commands.main", "train",
                "--gin_file=gin_configs/models/tiny.gin", "--gin_file=gin_configs/runs/ul2r.gin",
                f"--model_dir={model_dir}", f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
                f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=16", "--gin.LEARNING_RATE=3e-3",
-               "--gin.make_schedule.end_learning_rate=3e-5", f"--gin.EVAL_PERIOD={every}",
+               f"--gin.make_schedule.end_learning_rate={end_learning_rate}", f"--gin.EVAL_PERIOD={every}",
                "--gin.EvalConfig.steps=8", f"--gin.CheckpointConfig.save_period={every}",
                "--gin.CheckpointConfig.keep=None"]
     command += [f"--gin.{b.replace(' = ', '=')}" for b in bindings]
@@ -113,11 +115,11 @@ def eval_accuracy(model_dir: str) -> dict[int, dict[str, float]]:
   return out
 
 
-def measure(out: str, base: str, per_kind: int) -> dict:
+def measure(out: str, base: str, per_kind: int, runs=tuple(RUNS)) -> dict:
   examples = validation_examples(per_kind)
   results = {"examples_per_kind": per_kind, "runs": {}}
   base_rates = exact_rates(generator_lib.load_generator(base), examples)
-  for name in RUNS:
+  for name in runs:
     model_dir = os.path.join(out, name)
     teacher = eval_accuracy(model_dir)
     rows = [{"step": 0, "exact": base_rates, "token_accuracy": teacher.get(0, {})}]
@@ -221,13 +223,21 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--every", type=int, default=100)
   parser.add_argument("--examples", type=int, default=48)
+  parser.add_argument("--runs", default=",".join(RUNS),
+                      help=f"comma-separated, of {sorted(RUNS)}")
+  parser.add_argument("--end_learning_rate", type=float, default=3e-5,
+                      help="the cosine's end (3e-3 keeps the learning rate constant)")
   args = parser.parse_args()
+  runs = tuple(args.runs.split(","))
+  unknown = sorted(set(runs) - set(RUNS))
+  if unknown:
+    parser.error(f"--runs: unknown {unknown}; choose from {sorted(RUNS)}")
   if args.command == "train":
-    train(args.base, args.out, args.steps, args.every)
+    train(args.base, args.out, args.steps, args.every, runs, args.end_learning_rate)
   elif args.command == "diagnose":
     diagnose(args.out, args.base, args.examples)
   else:
-    measure(args.out, args.base, args.examples)
+    measure(args.out, args.base, args.examples, runs)
 
 
 if __name__ == "__main__":
