@@ -101,10 +101,12 @@ def direction_notes(summary: dict) -> list[str]:
   for key, phrasing in (("corpus", "corpus phrasing"), ("heldout", "new phrasing")):
     notes.append(claims.at_least(
         summary, f"UL2R keeps the base's knowledge, read as trained ({phrasing}): U-base vs base",
-        "ul2r", "base", f"knowledge_{key}_accuracy", KEEPS_KNOWLEDGE))
+        "ul2r", "base", f"knowledge_{key}_accuracy", KEEPS_KNOWLEDGE,
+        probes.knowledge_chance()))
     notes.append(claims.at_least(
         summary, f"UL2R keeps the base's knowledge, read causally ({phrasing}): U-base vs base",
-        "ul2r", "base", f"knowledge_causal_{key}_accuracy", KEEPS_KNOWLEDGE))
+        "ul2r", "base", f"knowledge_causal_{key}_accuracy", KEEPS_KNOWLEDGE,
+        probes.knowledge_chance()))
   notes += [
       claims.claim(summary, "Flan-base generalises to held-out tasks (gen, normalized) vs base",
              "flan_base", "base", gen, 20.0),
