@@ -40,12 +40,8 @@ TRAIN_ARGS = [
     f"--gin.CheckpointConfig.save_period={SAVE_PERIOD}", "--gin.CheckpointConfig.keep=3",
     "--gin.CheckpointConfig.async_save=True",
 ]
-# One CPU device; the caller's other XLA flags are kept.
-ENV = {"XLA_FLAGS": " ".join(
-           [f for f in os.environ.get("XLA_FLAGS", "").split()
-            if not f.startswith("--xla_force_host_platform_device_count=")]
-           + ["--xla_force_host_platform_device_count=1"]),
-       "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "CUDA_VISIBLE_DEVICES": "",
+       "TF_CPP_MIN_LOG_LEVEL": "2"}
 KINDS = ("kill_after_steps", "kill_during_save", "sigterm")
 
 

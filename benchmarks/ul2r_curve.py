@@ -49,7 +49,8 @@ def train(base: str, out: str, steps: int, every: int, runs=tuple(RUNS),
                "--gin_file=gin_configs/models/tiny.gin", "--gin_file=gin_configs/runs/ul2r.gin",
                f"--model_dir={model_dir}", f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
                f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=16", "--gin.LEARNING_RATE=3e-3",
-               f"--gin.make_schedule.end_learning_rate={end_learning_rate}", f"--gin.EVAL_PERIOD={every}",
+               f"--gin.make_schedule.end_learning_rate={end_learning_rate}",
+               f"--gin.EVAL_PERIOD={every}",
                "--gin.EvalConfig.steps=8", f"--gin.CheckpointConfig.save_period={every}",
                "--gin.CheckpointConfig.keep=None"]
     command += [f"--gin.{b.replace(' = ', '=')}" for b in bindings]

@@ -518,9 +518,11 @@ def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained
   shutil.copytree(trained_model_dir, u_dir)
   with open(u_dir / "config.operative.gin", "a") as f:
     f.write("ul2r_preset.mode_tokens = ('[NLU]', '[NLG]', '[S2S]')\n")
-  # Params x4: sharper logits, so that greedy answers depend on the prompt (a one-step model
-  # answers every prompt with EOS).
-  sharpened = lambda gen: setattr(gen, "params", jax.tree.map(lambda x: x * 4, gen.params)) or gen
+  def sharpened(gen):
+    """Params x4: sharper logits, so that greedy answers depend on the prompt (a one-step model
+    answers every prompt with EOS)."""
+    gen.params = jax.tree.map(lambda x: x * 4, gen.params)
+    return gen
   u_model = sharpened(generator_lib.load_generator(str(u_dir), prefix_lm=True, batch_size=4))
   assert u_model.prefix_lm and u_model.prompt_eos
   evaluator = benchmark_eval.BenchmarkEvaluator()

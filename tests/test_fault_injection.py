@@ -9,10 +9,12 @@ import random
 import pytest
 
 from benchmarks import fault_injection as fi
+from helpers import devices_env
 
 
 @pytest.mark.slow
-def test_interrupted_runs_resume_bit_identically(tmp_path):
+def test_interrupted_runs_resume_bit_identically(tmp_path, monkeypatch):
+  monkeypatch.setattr(fi, "ENV", {**fi.ENV, **devices_env(1)})  # with the suite's XLA flags
   reference = str(tmp_path / "reference")
   r = fi.run_to_end(reference)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -167,6 +167,7 @@ class RowLayout:
     eos = self.prompt_ends_with_eos if ends_with_eos is None else ends_with_eos
     return [START_SLOT_ID, *self.mode_ids, *ids] + ([eos_id] if eos else [])
 
-  def prompt_length(self, num_ids: int) -> int:
-    """Model positions a prompt of `num_ids` text ids takes (`prompt`'s length)."""
-    return 1 + len(self.mode_ids) + num_ids + (1 if self.prompt_ends_with_eos else 0)
+  def inputs_length(self, num_ids: int) -> int:
+    """A prompt of `num_ids` text ids measured as the training inputs were: mode ids, the ids,
+    the inputs' EOS (not seqio's start slot), what a trained inputs length bounds."""
+    return len(self.mode_ids) + num_ids + (1 if self.prompt_ends_with_eos else 0)

@@ -156,10 +156,8 @@ class Generator:
     return name + mode + (", start slot hidden" if self.layout.hidden_start else "")
 
   def count_tokens(self, text: str) -> int:
-    """Prompt length as the training inputs measured it (mode ids if any, the text's ids, the
-    inputs' EOS if any)."""
-    return (len(self.layout.mode_ids) + len(self.vocabulary.encode(text))
-            + (1 if self.prompt_eos else 0))
+    """Prompt length as the training inputs measured it (`RowLayout.inputs_length`)."""
+    return self.layout.inputs_length(len(self.vocabulary.encode(text)))
 
   def encode(self, text: str) -> list[int]:
     return self._model_prompt(self.vocabulary.encode(text), None)
