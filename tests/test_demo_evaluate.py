@@ -257,7 +257,7 @@ def test_knowledge_is_read_after_the_sentinel_of_an_s_layout_that_has_one():
     assert target[0] == s0
     return 0.0 if VOCAB.decode(target[1:]).rstrip(".") == it["gold"] else -3.0
   model = StubModel(prefix_lm=True, id_scores=id_scores)
-  layout = evaluate.continuation_layout(model, s_sentinel=True)
+  layout = evaluate.continuation_layout(model, trained.SReading("[S2S]", sentinel=True))
   assert layout == evaluate.Layout(tuple(VOCAB.encode("[S2S]")), (s0,), (s0,))
   metrics, _ = evaluate.knowledge_check(model, layout=layout)
   assert metrics["knowledge_corpus_accuracy"] == metrics["knowledge_heldout_accuracy"] == 100
@@ -306,7 +306,7 @@ def test_layout_reads_the_answer_after_its_leading_ids_up_to_eos():
 
 def test_u_model_gets_heldout_questions_as_s_denoiser_inputs():
   s0 = VOCAB.vocab_size - 1
-  layout = evaluate.s_denoiser_layout(VOCAB, sentinel=True)
+  layout = evaluate.s_denoiser_layout(VOCAB, trained.SReading("[S2S]", sentinel=True))
   examples = [_example("demo_heldout_a", "Where is the key?", ["box", "bag"], "box", 50),
               _example("demo_heldout_a", "Who has it?", ["Olga", "Omar"], "Omar", 50)]
   prompts = {tuple(layout.prompt(VOCAB.encode(e["inputs"]))): e for e in examples}

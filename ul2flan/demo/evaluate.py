@@ -96,11 +96,13 @@ class Layout:
     return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
-def s_denoiser_layout(vocabulary, sentinel: bool = False) -> Layout:
-  """A text continued as UL2R's S denoiser lays out its rows: the mode token, the text, then
-  (`sentinel`: its inputs end and its targets start with sentinel 0) the answer after it."""
-  first = tuple(vocabularies.sentinel_ids(vocabulary)[:1]) if sentinel else ()
-  return Layout(tuple(vocabulary.encode(probes.mode_token("S"))), first, first)
+def s_denoiser_layout(vocabulary, reading: ul2_trained.SReading = ul2_trained.PRESET_S_READING
+                      ) -> Layout:
+  """A text continued as the S denoiser of `reading` laid out its rows: its mode token, the text,
+  then (`reading.sentinel`: its inputs end and its targets start with sentinel 0) the answer after
+  it."""
+  first = tuple(vocabularies.sentinel_ids(vocabulary)[:1]) if reading.sentinel else ()
+  return Layout(tuple(vocabulary.encode(reading.mode_token)), first, first)
 
 
 def causal_view(gen):
@@ -110,11 +112,12 @@ def causal_view(gen):
 
 
 # ---- knowledge ----------------------------------------------------------------------------------
-def continuation_layout(gen, s_sentinel: bool = False) -> Layout:
-  """How `gen` continues a text: a prefix LM as the S denoiser's inputs (its answer read after
-  the sentinel where the S layout has one), any causal model (a causal prefix LM included) as
-  the causal LM it was pre-trained as."""
-  return s_denoiser_layout(gen.vocabulary, s_sentinel) if gen.prefix_lm else Layout()
+def continuation_layout(gen, reading: ul2_trained.SReading = ul2_trained.PRESET_S_READING
+                        ) -> Layout:
+  """How `gen` continues a text: a prefix LM as the inputs of its S denoiser `reading` (its answer
+  read after the sentinel where that S layout has one), any causal model (a causal prefix LM
+  included) as the causal LM it was pre-trained as."""
+  return s_denoiser_layout(gen.vocabulary, reading) if gen.prefix_lm else Layout()
 
 
 def knowledge_check(gen, max_people: int | None = None, layout: Layout | None = None
@@ -270,17 +273,18 @@ def infilling_rank_eval(gen, items: Sequence[dict]) -> tuple[dict, list[dict]]:
 
 # ---- one model ----------------------------------------------------------------------------------
 def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model",
-                       u_model: bool = False, s_sentinel: bool = False) -> dict:
+                       u_model: bool = False,
+                       s_reading: ul2_trained.SReading = ul2_trained.PRESET_S_READING) -> dict:
   """Every demo measurement of one model; per-example rows go to `out_dir` when given.
   `u_model`: UL2R's output, whose every training row began with a mode token: held-out
-  questions reach it as S denoiser inputs. `s_sentinel`: its S layout has sentinel 0
-  (`ul2flan.ul2.denoisers.Denoiser.sentinel`)."""
+  questions reach it as S denoiser inputs. `s_reading`: the S denoiser a prefix LM is read
+  through (its mode token, and sentinel 0 where its S layout has one)."""
   result: dict = {"layout": getattr(gen, "layout_name", None), "seconds": {}}
   metrics: dict = {}
   t = time.time()
   max_people = settings.get("knowledge_max_people")
   knowledge, knowledge_rows = knowledge_check(gen, max_people,
-                                              continuation_layout(gen, s_sentinel))
+                                              continuation_layout(gen, s_reading))
   metrics.update(knowledge)
   causal, causal_rows = knowledge, []
   if gen.prefix_lm:  # the same weights read causally: knowledge apart from the new layout
@@ -297,7 +301,7 @@ def evaluate_generator(gen, settings: dict, out_dir=None, name: str = "model",
   if cap:  # evenly spaced, so that every held-out family keeps its share
     examples = examples[::max(1, len(examples) // cap)][:cap]
   heldout = heldout_eval(gen, examples, settings["max_new_tokens"],
-                         s_denoiser_layout(gen.vocabulary, s_sentinel) if u_model else None)
+                         s_denoiser_layout(gen.vocabulary, s_reading) if u_model else None)
   metrics.update(heldout["metrics"])
   result["tasks"] = heldout["tasks"]
   causal_heldout = heldout
@@ -333,9 +337,9 @@ def _write_jsonl(path, rows: list[dict]) -> None:
     paths.resolve(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _trained_with_s_sentinel(model_dir) -> bool:
-  reading = ul2_trained.trained_s_reading(model_dir)
-  return bool(reading and reading.sentinel)
+def _s_reading(model_dir) -> ul2_trained.SReading:
+  """The S denoiser the model in `model_dir` was trained with; the preset's where it saved none."""
+  return ul2_trained.trained_s_reading(model_dir) or ul2_trained.PRESET_S_READING
 
 
 class DemoEvaluator:
@@ -352,7 +356,7 @@ class DemoEvaluator:
   def evaluate(self, gen, request) -> dict:
     result = evaluate_generator(gen, request.settings.as_dict(), paths.resolve(request.out_dir),
                                 request.model, u_model=request.model == settings_lib.U_MODEL,
-                                s_sentinel=_trained_with_s_sentinel(request.checkpoint_dir))
+                                s_reading=_s_reading(request.checkpoint_dir))
     result["heldout_split"] = request.settings.heldout_split
     result["heldout_shots"] = request.settings.heldout_shots
     return result

@@ -14,6 +14,7 @@ import inspect
 
 from ul2flan import config as config_lib
 from ul2flan.ul2 import denoisers
+from ul2flan.ul2 import infilling
 
 PRESET_NAMES = ("ul2r_preset", "ul2_preset")  # their third mode token is S's
 
@@ -26,6 +27,11 @@ class SReading:
 
 def _default(preset, name):
   return inspect.signature(preset).parameters[name].default
+
+
+# The UL2R preset's own S denoiser: how a prefix LM is read when its run saved no preset bindings
+# (a Flan-U model: its Flan run bound none, its U ancestor the preset's defaults).
+PRESET_S_READING = SReading(mode_token=infilling.mode_token("S"), sentinel=False)
 
 
 def trained_s_reading(model_dir: str) -> SReading | None:
