@@ -7,7 +7,8 @@
 `train` runs two UL2R stages from the demo's base with `ul2flan train` and the demo's UL2R
 settings (tiny model, `demo_ul2r`, 128 + 128, batch 16, 3e-3 cosine): `r_only` (R alone: the S
 and X rates set to 1e-6) and `mixture` (U-PaLM's 50% S / 25% R / 25% X), each evaluated and
-checkpointed every `--every` steps. Teacher-forced token accuracy per denoiser comes from the
+checkpointed every `--every` steps (`--runs mixture_no_inputs_eos`: the mixture laid out
+`inputs targets`, no EOS between). Teacher-forced token accuracy per denoiser comes from the
 eval pass (`metrics_eval.jsonl`: `accuracy/R`, `accuracy/X`, `accuracy/S`).
 
 `measure` loads every checkpoint of both runs (and the base) and decodes, greedily and in the
@@ -15,6 +16,11 @@ trained layout (`[mode] inputs EOS`, bidirectional), `--examples` validation exa
 denoiser: for R and X, whether the first span written after sentinel 0 is the gold span exactly;
 for S, whether the first 4 target tokens are. It writes `OUT/curve.json` and a Markdown table
 `OUT/curve.md` (docs/ul2r.md, "The R learning curve", has the figures).
+
+`knowledge` asks every checkpoint (and the base) the demo's knowledge cloze read as trained
+(`[S2S] prompt EOS`, the demo evaluator's reading) and causally, and what it predicts,
+teacher-forced, at the EOS that ends an S example's inputs: how often sentinel 0 (the first
+target of every R and X row) and how often the gold first S target token. `OUT/knowledge.json`.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ import seqio
 
 import ul2flan_tasks  # noqa: F401  (registers demo_ul2r)
 from ul2flan import checkpoints, row_layout, vocabularies
+from ul2flan.demo import evaluate as demo_evaluate
 from ul2flan.inference import generator as generator_lib
 from ul2flan.model import decoder as decoder_lib
 
 LENGTHS = {"inputs": 128, "targets": 128}
-RUNS = {"r_only": ["ul2r_preset.rates = (1e-6, 1.0, 1e-6)"], "mixture": []}
+RUNS = {"r_only": ["ul2r_preset.rates = (1e-6, 1.0, 1e-6)"], "mixture": [],
+        # The same mixture with rows `inputs targets` (no EOS between): docs/ul2r.md, "The EOS
+        # after the inputs".
+        "mixture_no_inputs_eos": ["ul2r_preset.inputs_eos = False"]}
 KINDS = ("R", "X", "S")
 R_MODE_TOKEN = "[NLU]"
 S_PREFIX_TOKENS = 4  # S: the first tokens of the continuation that must be exact
@@ -90,7 +100,7 @@ def exact_rates(gen, examples: dict[str, list[dict]]) -> dict[str, float]:
   sentinels, eos = set(vocabularies.sentinel_ids(vocab)), int(vocab.eos_id)
   rates = {}
   for kind, rows in examples.items():
-    prompts = [r["inputs"][:-1] for r in rows]  # the layout adds the inputs' EOS back
+    prompts = [r["inputs"][:-1] for r in rows]  # the layout adds the inputs' EOS back, if any
     outputs = gen.generate_ids(prompts, max_new_tokens=12)
     hits = 0
     for row, out in zip(rows, outputs):
@@ -170,10 +180,12 @@ def span_diagnosis(gen_u, gen_base, rows: list[dict]) -> dict[str, float]:
           "u_causal_same_tokens": []}
   for row in rows:
     inputs, targets = row["inputs"], row["targets"]
-    # Teacher-forced: [start] inputs targets[:-1], the inputs bidirectional.
-    u_row = [row_layout.START_SLOT_ID] + inputs + targets[:-1]
-    pred = _argmax_predictions(gen_u, u_row, 1 + len(inputs))
-    first = len(inputs)  # the position that predicts targets[0]
+    # Teacher-forced: [start] inputs targets[:-1], the inputs (with the EOS where the run's rows
+    # had one) bidirectional.
+    u_inputs = inputs if gen_u.prompt_eos else inputs[:-1]
+    u_row = [row_layout.START_SLOT_ID] + u_inputs + targets[:-1]
+    pred = _argmax_predictions(gen_u, u_row, 1 + len(u_inputs))
+    first = len(u_inputs)  # the position that predicts targets[0]
     spans, current = {}, None
     for k, t in enumerate(targets[:-1]):
       ok = int(pred[first + k]) == t
@@ -201,11 +213,11 @@ def span_diagnosis(gen_u, gen_base, rows: list[dict]) -> dict[str, float]:
   return {k: 100.0 * float(np.mean(v)) for k, v in hits.items()}
 
 
-def diagnose(out: str, base: str, per_kind: int) -> dict:
+def diagnose(out: str, base: str, per_kind: int, runs=tuple(RUNS)) -> dict:
   rows = validation_examples(per_kind)["R"]
   gen_base = generator_lib.load_generator(base)
   results = {}
-  for name in RUNS:
+  for name in runs:
     ckpt_dir = checkpoints.checkpoint_dir(os.path.join(out, name))
     last = max(int(d.name) for d in ckpt_dir.iterdir() if d.name.isdigit())
     results[name] = span_diagnosis(
@@ -216,15 +228,57 @@ def diagnose(out: str, base: str, per_kind: int) -> dict:
   return results
 
 
+def first_s_target(gen, rows: list[dict]) -> dict[str, float]:
+  """Teacher-forced prediction at the position that writes an S example's first target token
+  (the inputs' EOS, or their last token in a run without it): % sentinel 0, % the gold token."""
+  s0 = vocabularies.sentinel_ids(gen.vocabulary)[0]
+  predicted = []
+  for row in rows:
+    inputs = row["inputs"] if gen.prompt_eos else row["inputs"][:-1]  # the run's own layout
+    tokens = [row_layout.START_SLOT_ID] + inputs + row["targets"][:1]
+    predicted.append(int(_argmax_predictions(gen, tokens, 1 + len(inputs))[len(inputs)]))
+  return {"first_s_target_is_sentinel0": 100.0 * np.mean([p == s0 for p in predicted]),
+          "first_s_target_is_gold": 100.0 * np.mean(
+              [p == r["targets"][0] for p, r in zip(predicted, rows)])}
+
+
+def knowledge(out: str, base: str, per_kind: int, runs=tuple(RUNS)) -> dict:
+  rows_s = validation_examples(per_kind)["S"]
+  names = ("knowledge_corpus_accuracy", "knowledge_heldout_accuracy")
+
+  def measure_one(gen) -> dict[str, float]:
+    as_trained, _ = demo_evaluate.knowledge_check(gen)
+    causal, _ = demo_evaluate.knowledge_check(demo_evaluate.causal_view(gen),
+                                              layout=demo_evaluate.Layout())
+    row = {f"as_trained/{k}": as_trained[k] for k in names}
+    row.update({f"causal/{k}": causal[k] for k in names})
+    if gen.prefix_lm:
+      row.update(first_s_target(gen, rows_s))
+    return row
+
+  results = {"base": measure_one(generator_lib.load_generator(base)), "runs": {}}
+  print("base", results["base"], flush=True)
+  for name in runs:
+    ckpt_dir = checkpoints.checkpoint_dir(os.path.join(out, name))
+    results["runs"][name] = []
+    for step in sorted(int(d.name) for d in ckpt_dir.iterdir() if d.name.isdigit()):
+      row = {"step": step, **measure_one(generator_lib.load_generator(str(ckpt_dir / str(step))))}
+      results["runs"][name].append(row)
+      print(name, row, flush=True)
+  with open(os.path.join(out, "knowledge.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("command", choices=("train", "measure", "diagnose"))
+  parser.add_argument("command", choices=("train", "measure", "diagnose", "knowledge"))
   parser.add_argument("--base", default="runs/demo/base")
   parser.add_argument("--out", default="runs/ul2r_curve")
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--every", type=int, default=100)
   parser.add_argument("--examples", type=int, default=48)
-  parser.add_argument("--runs", default=",".join(RUNS),
+  parser.add_argument("--runs", default="r_only,mixture",
                       help=f"comma-separated, of {sorted(RUNS)}")
   parser.add_argument("--end_learning_rate", type=float, default=3e-5,
                       help="the cosine's end (3e-3 keeps the learning rate constant)")
@@ -236,7 +290,9 @@ def main() -> None:
   if args.command == "train":
     train(args.base, args.out, args.steps, args.every, runs, args.end_learning_rate)
   elif args.command == "diagnose":
-    diagnose(args.out, args.base, args.examples)
+    diagnose(args.out, args.base, args.examples, runs)
+  elif args.command == "knowledge":
+    knowledge(args.out, args.base, args.examples, runs)
   else:
     measure(args.out, args.base, args.examples, runs)
 

@@ -494,6 +494,51 @@ def test_causal_prefix_lm_is_prompted_as_its_converter_trained_it(trained_model_
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_a_prefix_lm_trained_without_the_inputs_eos_is_prompted_without_it(trained_model_dir,
+                                                                          tmp_path):
+  """A U-model trained with `ul2r_preset.inputs_eos = False` (run.json: inputs_eos false) saw
+  `BOS inputs targets`, the inputs bidirectional: its prompt is that bidirectional part, with no
+  EOS, and its first answer token is written from the last inputs token. The reference is the
+  training layout: seqio's PrefixLMFeatureConverter over an example whose inputs lack the EOS."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / "u_model_without_inputs_eos"
+  shutil.copytree(trained_model_dir, model_dir)
+  run_json = model_dir / "run.json"
+  info = json.loads(run_json.read_text())
+  run_json.write_text(json.dumps({**info, "feature_converter": "prefix_lm", "inputs_eos": False}))
+  generator = generator_lib.load_generator(str(model_dir), batch_size=4)
+  assert generator.prefix_lm is True and generator.prompt_eos is False
+  spm = generator.vocabulary
+  prompt, option = "Alice lives in", "Paris"
+  ids, target = list(spm.encode(prompt)), list(spm.encode(option))
+  example = {"inputs": tf.constant(ids, tf.int32), "targets": tf.constant(target + [EOS], tf.int32)}
+  features = next(iter(seqio.PrefixLMFeatureConverter(pack=False)(
+      tf.data.Dataset.from_tensors(example), {"inputs": 16, "targets": 16}).as_numpy_iterator()))
+  prompt_slots = len(ids) + 1  # BOS and the inputs: the bidirectional part
+  assert generator.encode(prompt) == list(features["decoder_input_tokens"][:prompt_slots])
+  assert list(features["decoder_causal_attention"][:prompt_slots + 1]) == [1] * prompt_slots + [0]
+  assert features["decoder_target_tokens"][prompt_slots - 1] == target[0]  # from the last input
+  assert generator.count_tokens(prompt) == len(ids)
+  [[text]] = generator.generate([prompt], max_new_tokens=STEPS)
+  expected = reference_greedy(micro_config(), generator.params, [BOS] + ids, True, STEPS,
+                              eos_id=EOS)
+  assert text == spm.decode([t for t in expected if t != EOS])
+  # Rank classification = the training loss's log-likelihood of `targets EOS` on those features.
+  logits = _reference_forward(micro_config())(
+      generator.params, features["decoder_input_tokens"][None],
+      np.ones_like(features["decoder_input_tokens"])[None].astype(np.int32),
+      features["decoder_causal_attention"][None])
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1))
+  weights = features["decoder_loss_weights"]
+  want = float(np.sum(logp[np.arange(len(weights)), features["decoder_target_tokens"]] * weights))
+  [[got]] = generator.score_options([prompt], [[option]])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  # Read causally (`infer --no-prefix_lm`): still no EOS, the same ids.
+  causal = generator.with_layout(generator.layout.with_bidirectional_inputs(False))
+  assert not causal.prefix_lm and causal.encode(prompt) == generator.encode(prompt)
+
+
 def test_load_generator_errors(trained_model_dir, tmp_path):
   bare = tmp_path / "bare"
   shutil.copytree(os.path.join(trained_model_dir, "checkpoints"), bare / "checkpoints")

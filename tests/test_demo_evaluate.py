@@ -237,8 +237,9 @@ def test_knowledge_check_ranks_every_value_of_the_attribute(prefix_lm):
   assert metrics["knowledge_corpus_normalized"] == pytest.approx(expected)
   assert metrics["knowledge_chance"] == pytest.approx((100 / 16 + 100 / 10 + 100 / 12 + 12.5
                                                        + 12.5) / 5)
-  # Causal models (Flan-base too) continue the text without the EOS of an instruction prompt.
-  assert model.calls == [("score_ids", prefix_lm)]
+  # Causal models (Flan-base too) continue the text without the EOS of an instruction prompt; a
+  # prefix LM's prompts are laid out as its rows were (its layout's EOS, if any).
+  assert model.calls == [("score_ids", None if prefix_lm else False)]
 
 
 def _knowledge_prompts(before=(), after=()):
@@ -278,7 +279,7 @@ def test_a_prefix_lm_is_also_read_causally():
   as_trained, _ = evaluate.knowledge_check(model)
   causal, _ = evaluate.knowledge_check(evaluate.causal_view(model), layout=evaluate.Layout())
   assert as_trained["knowledge_corpus_accuracy"] == 0 and causal["knowledge_corpus_accuracy"] == 100
-  assert model.calls == [("score_ids", True), ("score_ids", False)]
+  assert model.calls == [("score_ids", None), ("score_ids", False)]
   assert model.prefix_lm and model.prompt_eos  # the view is a copy
 
 

@@ -133,6 +133,31 @@ def test_packed_decoder_rows_are_full_when_segments_fill_rows(length, fill_rows,
     assert 0.6 < fill < 0.85
 
 
+def test_without_the_inputs_eos_the_examples_are_the_same_but_for_that_eos():
+  """`inputs_eos=False`: the same denoised examples (same seed) whose inputs lack the EOS that
+  seqio's `append_eos` puts at the end of the default's; targets keep theirs. The run records it
+  (`inputs_end_with_eos`, written to run.json)."""
+  from ul2flan.training import data  # pylint: disable=g-import-not-at-top
+  lengths = {"inputs": 128, "targets": 128}
+  examples = {}
+  for inputs_eos in (True, False):
+    name = f"test_inputs_eos_{inputs_eos}"
+    task = ul2_tasks.register_ul2_task(
+        name, "demo", denoisers.ul2r_preset(128, 128, inputs_eos=inputs_eos), overwrite=True)
+    ds = task.get_dataset(lengths, split="train", shuffle=False, seed=3).take(60)
+    examples[inputs_eos] = list(ds.as_numpy_iterator())
+    config = data.DatasetConfig(mixture_or_task_name=name, task_feature_lengths=lengths)
+    assert data.inputs_end_with_eos(config) is inputs_eos
+  assert len(examples[True]) == len(examples[False]) == 60
+  for with_eos, without in zip(examples[True], examples[False]):
+    assert with_eos["inputs"][-1] == EOS and EOS not in without["inputs"]
+    assert list(without["inputs"]) == list(with_eos["inputs"][:-1])
+    assert list(without["targets"]) == list(with_eos["targets"]) and without["targets"][-1] == EOS
+    assert without["denoiser"] == with_eos["denoiser"]
+  flan = data.DatasetConfig(mixture_or_task_name="demo_flan", task_feature_lengths=lengths)
+  assert data.inputs_end_with_eos(flan) is True
+
+
 # ------------------------------------------------------------------------------------------------
 # inspect-task.
 

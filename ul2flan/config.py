@@ -174,6 +174,9 @@ class RunInfo:
   feature_converter: str  # "lm", "prefix_lm" or "prefix_lm_causal"
   task_feature_lengths: Mapping[str, int]
   vocabulary: Mapping[str, Any]  # vocabularies.VocabularySpec fields
+  # Prefix layouts: the rows were `inputs EOS targets` (False: `inputs targets`). Absent from the
+  # run.json of earlier versions, whose rows all had the EOS.
+  inputs_eos: bool = True
 
   @property
   def decoder_config(self) -> DecoderConfig:
@@ -186,8 +189,9 @@ class RunInfo:
   @property
   def layout(self) -> row_layout.RowLayout:
     """How this model's rows and prompts are laid out (the feature converter it was trained with,
-    and its vocabulary's start convention)."""
-    return row_layout.RowLayout.of(self.feature_converter, self.build_vocabulary())
+    its vocabulary's start convention, whether its inputs ended with EOS)."""
+    return row_layout.RowLayout.of(self.feature_converter, self.build_vocabulary(),
+                                   self.inputs_eos)
 
   @property
   def prompt_budget(self) -> int | None:

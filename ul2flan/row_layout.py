@@ -17,13 +17,17 @@ rows, the train step's loss weights, the model's attention mask, the generator's
   hidden from every other position's attention, and nothing is predicted from it (no loss on a
   segment's first token). Positions are relative (RoPE), so the row's text is then computed
   exactly as the original model computes it from position 0.
+* `inputs_eos`, prefix layouts only: whether the inputs end with EOS (`inputs EOS targets`, the
+  recipe's and seqio's rows) or the targets follow the inputs directly (a UL2R run with
+  `ul2r_preset.inputs_eos = False`). The run records what its task's rows did (run.json).
 * `mode_ids`, prompts only: what a prompt begins with after the start slot. Empty, except for a
   U-model read as it was trained (`with_mode_ids`: its S denoiser's mode token, `[S2S]`); its
   training rows got theirs from the denoisers.
 
 The layout is derived, never stored twice: `kind` is the run's FEATURE_CONVERTER,
-`hidden_start` comes from the vocabulary (`vocabularies.adds_start_token`) and `mode_ids` from
-the trained S denoiser (`ul2flan.ul2.trained`).
+`hidden_start` comes from the vocabulary (`vocabularies.adds_start_token`), `inputs_eos` from the
+task's rows (`ul2flan.training.data.inputs_end_with_eos`) and `mode_ids` from the trained S
+denoiser (`ul2flan.ul2.trained`).
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ class RowLayout:
   """How rows and prompts are laid out for one model (see the module docstring)."""
   kind: str = LM
   hidden_start: bool = False
+  inputs_eos: bool = True  # prefix layouts: `inputs EOS targets` (False: `inputs targets`)
   # Prompts only: ids a prompt begins with, after the start slot. A U-model read as trained gets
   # its S denoiser's mode token here (`with_mode_ids`), as every input it trained on began with one.
   mode_ids: tuple[int, ...] = ()
@@ -112,9 +117,10 @@ class RowLayout:
                        f"{self.kind!r}")
 
   @classmethod
-  def of(cls, kind: str, vocabulary: seqio.Vocabulary) -> "RowLayout":
+  def of(cls, kind: str, vocabulary: seqio.Vocabulary, inputs_eos: bool = True) -> "RowLayout":
     """The layout of a run with this feature converter over this vocabulary."""
-    return cls(kind, hidden_start=not vocabularies.adds_start_token(vocabulary))
+    return cls(kind, hidden_start=not vocabularies.adds_start_token(vocabulary),
+               inputs_eos=inputs_eos)
 
   # ---- training rows ----------------------------------------------------------------------------
   @property
@@ -149,15 +155,15 @@ class RowLayout:
     if bidirectional:
       kind = PREFIX_LM
     else:
-      kind = PREFIX_LM_CAUSAL if self.prompt_ends_with_eos else LM
+      kind = LM if self.kind == LM else PREFIX_LM_CAUSAL
     return dataclasses.replace(self, kind=kind)
 
   # ---- prompts ----------------------------------------------------------------------------------
   @property
   def prompt_ends_with_eos(self) -> bool:
     """Trained as `inputs EOS targets`: the answer follows that EOS, so a prompt ends with it.
-    A causal LM's prompt must not."""
-    return self.kind in (PREFIX_LM, PREFIX_LM_CAUSAL)
+    A causal LM's prompt must not, nor one of a prefix layout without it (`inputs_eos`)."""
+    return self.kind in (PREFIX_LM, PREFIX_LM_CAUSAL) and self.inputs_eos
 
   def prompt(self, ids: Sequence[int], eos_id: int, ends_with_eos: bool | None = None
              ) -> list[int]:

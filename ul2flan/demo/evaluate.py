@@ -137,7 +137,8 @@ def knowledge_check(gen, max_people: int | None = None, layout: Layout | None = 
     for value in it["pool"]:
       prompts.append(ids)
       targets.append([*layout.answer, *vocab.encode(f"{value}.")])
-  flat = gen.score_ids(prompts, targets, prompt_eos=gen.prefix_lm)
+  # A prefix LM's prompts as its rows (its layout's EOS, if any); a causal one's with none.
+  flat = gen.score_ids(prompts, targets, prompt_eos=None if gen.prefix_lm else False)
   rows, k = [], 0
   for it in items:
     choice = ranked_choice(it["pool"], flat[k:k + len(it["pool"])])

@@ -148,7 +148,7 @@ class Generator:
   @property
   def layout_name(self) -> str:
     if self.prefix_lm:
-      name = "prefix LM"
+      name = "prefix LM" if self.prompt_eos else "prefix LM (inputs targets, no EOS between)"
     else:
       name = "causal prefix LM (inputs EOS targets)" if self.prompt_eos else "causal LM"
     mode = (f", prompts after {self.vocabulary.decode(list(self.layout.mode_ids))!r}"
@@ -164,8 +164,8 @@ class Generator:
 
   def _model_prompt(self, ids: Sequence[int], prompt_eos: bool | None) -> list[int]:
     """The one place that lays out a model prompt (start slot, ids, inputs' EOS)."""
-    if self.prefix_lm and prompt_eos is False:
-      raise ValueError("a prefix LM's prompt ends with the EOS of its inputs")
+    if self.prefix_lm and self.prompt_eos and prompt_eos is False:
+      raise ValueError("this prefix LM's prompt ends with the EOS of its inputs")
     return self.layout.prompt(ids, self.eos_id, ends_with_eos=prompt_eos)
 
   def decode_text(self, ids: Sequence[int]) -> str:
@@ -353,7 +353,7 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   """
   run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   vocabulary = run_info.build_vocabulary()
-  layout = row_layout.RowLayout.of(run_info.feature_converter, vocabulary)
+  layout = row_layout.RowLayout.of(run_info.feature_converter, vocabulary, run_info.inputs_eos)
   if prefix_lm is not None:
     layout = layout.with_bidirectional_inputs(prefix_lm)
   config = run_info.decoder_config

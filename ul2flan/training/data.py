@@ -105,6 +105,19 @@ def denoiser_groups(cfg: DatasetConfig) -> dict[str, tuple[int, ...]]:
   return dict(sorted(groups.items(), key=lambda g: order.index(g[0][0])))  # R, X, S
 
 
+def inputs_end_with_eos(cfg: DatasetConfig) -> bool:
+  """Whether the task's rows are `inputs EOS targets`: True except for UL2 tasks whose mixture
+  says `inputs_eos=False` (`ul2r_preset.inputs_eos`). A mixture of tasks must agree."""
+  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  names = [t.name for t in task.tasks] if isinstance(task, seqio.Mixture) else [task.name]
+  found = {name: getattr(ul2_tasks.task_mixture(name), "inputs_eos", True) for name in names}
+  if len(set(found.values())) > 1:
+    raise ValueError(f"the tasks of {cfg.mixture_or_task_name!r} lay out their inputs "
+                     f"differently (inputs end with EOS: {found}); train them in separate runs, "
+                     f"or give every UL2 mixture the same inputs_eos")
+  return all(found.values())
+
+
 def _shard_dataset(cfg: DatasetConfig, shard_index: int, num_shards: int) -> tf.data.Dataset:
   get_task(cfg.mixture_or_task_name, cfg.module)  # registers it, or says what is registered
   converter_cls = row_layout.FEATURE_CONVERTERS.get(cfg.feature_converter)

@@ -68,7 +68,8 @@ def _write_configs(model_dir: str, model_config: DecoderConfig,
   config_lib.write_run_info(model_dir, config_lib.RunInfo(
       model=dataclasses.asdict(model_config), feature_converter=train_cfg.feature_converter,
       task_feature_lengths=dict(train_cfg.task_feature_lengths),
-      vocabulary=dataclasses.asdict(vocabularies.configured_spec())))
+      vocabulary=dataclasses.asdict(vocabularies.configured_spec()),
+      inputs_eos=data_lib.inputs_end_with_eos(train_cfg)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,8 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
   partitioner = partitioner or partitioning.Partitioner()
   _check_batch(train_dataset_cfg, partitioner, train_cfg.num_microbatches)
   layout = row_layout.RowLayout.of(train_dataset_cfg.feature_converter,
-                                   vocabularies.get_vocabulary())
+                                   vocabularies.get_vocabulary(),
+                                   data_lib.inputs_end_with_eos(train_dataset_cfg))
   if check_only:
     _check_data(model_dir, train_dataset_cfg, eval_cfg)
     return None

@@ -99,6 +99,11 @@ class DenoiserMixture:
       prefix LM trains on; either feature may then be longer than its own length. False: inputs
       and targets each fit their own length (T5's encoder-decoder sizing; ~25% of packed prefix-LM
       rows are padding at 1024 + 1024).
+    inputs_eos: the inputs end with EOS, `inputs EOS targets` (the recipe's layout, and seqio's).
+      False: `inputs targets`, the first target written from the last inputs token. A causal
+      base pre-trained with seqio's packing never had EOS as an input token, and from that
+      position its U-model learns S's first target token slowly (docs/ul2r.md, "The EOS after
+      the inputs"). Lengths are budgeted as with the EOS (one row position is left unused).
   """
   name: str
   denoisers: tuple[Denoiser, ...]
@@ -109,6 +114,7 @@ class DenoiserMixture:
   random_roll: bool = False
   docs_per_group: int = DEFAULT_DOCS_PER_GROUP
   fill_rows: bool = True
+  inputs_eos: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "denoisers", tuple(self.denoisers))

@@ -13,8 +13,8 @@ One preprocessor, `ul2_denoise`, turns a tokenized corpus into prefix-LM example
    targets `<s0> z0 <s1> z1 ...`. S denoiser: split at one point; prefix -> inputs, rest -> targets
    (with `Denoiser.sentinel`: `prefix <s0>` -> inputs, `<s0> rest` -> targets).
 4. The mode token (ordinary text, e.g. "[NLU]") is prepended to the inputs after corruption, so it
-   is never masked; `seqio.preprocessors.append_eos` then appends EOS (nothing is trimmed: the
-   lengths already include it).
+   is never masked; `append_eos` then appends EOS to the targets, and to the inputs unless the
+   mixture says `inputs_eos=False` (nothing is trimmed: the lengths already include it).
 
 Every random choice is a stateless op seeded by `seqio.map_over_dataset(num_seeds=1)` (so
 `Task.get_dataset(seed=...)` fixes the examples) folded with a hash of the tokens at hand, so that
@@ -330,8 +330,20 @@ def ul2_preprocessors(mixture: DenoiserMixture | Callable[[], DenoiserMixture],
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
       functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
       functools.partial(ul2_denoise, mixture=mixture),
-      seqio.preprocessors.append_eos,
+      functools.partial(append_eos, mixture=mixture),
   ]
+
+
+def append_eos(dataset: tf.data.Dataset,
+               output_features: Mapping[str, seqio.Feature] | None = None,
+               *, mixture: DenoiserMixture | Callable[[], DenoiserMixture]) -> tf.data.Dataset:
+  """seqio's `append_eos`, with the inputs' EOS only where the mixture lays its rows out with one
+  (`DenoiserMixture.inputs_eos`; targets always end with EOS)."""
+  if callable(mixture):
+    mixture = mixture()
+  features = {k: f for k, f in (output_features or {}).items()
+              if k != "inputs" or mixture.inputs_eos}
+  return seqio.preprocessors.append_eos(dataset, features)
 
 
 def ul2_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
