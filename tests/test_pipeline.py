@@ -64,7 +64,10 @@ def test_interrupted_pipeline_resumes_exactly_and_reports_four_models(tmp_path, 
   assert steps == sorted(set(steps)) and steps[-1] == 6  # resumed at 4: no step logged twice
   for stage, converter in STAGES.items():
     assert (d / stage / "DONE").exists()
-    assert json.loads((d / stage / "run.json").read_text())["feature_converter"] == converter
+    run_info = json.loads((d / stage / "run.json").read_text())
+    assert run_info["feature_converter"] == converter
+    # The micro gin's UL2R rows are `inputs targets` (as the demo's); Flan rows keep their EOS.
+    assert run_info["inputs_eos"] is (stage != "ul2r")
 
   report = (d / "report.md").read_text()
   # demo_quick.gin (included by the micro gin) evaluates 36 evenly spaced held-out examples.

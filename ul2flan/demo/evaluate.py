@@ -9,7 +9,8 @@ What is measured (`result["metrics"]`, one flat dict per model; `probes` defines
 
 * Knowledge check (`knowledge_*`): cloze accuracy, the true value ranked by log-likelihood among
   every value of its attribute. Causal models continue the text; a prefix LM gets it as the
-  S denoiser's inputs (`[S2S]` + text, then the value after the EOS). A prefix LM is also read
+  S denoiser's inputs (`[S2S]` + text, then the value after the inputs' EOS if its rows had
+  one: `RowLayout.inputs_eos`). A prefix LM is also read
   causally (`knowledge_causal_*`: the same weights as the causal LM they were pre-trained as, no
   mode token, no EOS, causal attention), which tells lost knowledge from a layout it cannot
   yet answer in.
