@@ -49,14 +49,17 @@ def claim(summary: Mapping, text: str, a: str, b: str, key: str, margin: float =
 def at_least(summary: Mapping, text: str, a: str, b: str, key: str, fraction: float,
              chance: float = 0.0) -> str:
   """A claim that a's metric is at least `fraction` of b's on every seed. Keeping what b has
-  means something only where b is above `chance` on every seed; otherwise it is not shown."""
+  means something only where b is clearly above `chance` (by `ONE_SEED_THRESHOLD` points) on
+  every seed; otherwise it is not shown. (`chance` 0: no floor.)"""
   if a not in summary or b not in summary or key not in summary[a] or key not in summary[b]:
     return f"- {text}: not measured."
   ratios = [x / y if y else float("inf") for x, y in zip(summary[a][key]["values"],
                                                           summary[b][key]["values"])]
-  above_chance = all(y > chance for y in summary[b][key]["values"])
+  floor_at = chance + ONE_SEED_THRESHOLD if chance else 0.0
+  above_chance = all(y > floor_at for y in summary[b][key]["values"])
   holds = above_chance and all(r >= fraction for r in ratios)
-  floor = "" if above_chance else f"; {b} is not above chance ({chance:.1f}) on every seed"
+  floor = "" if above_chance else (f"; {b} is not {ONE_SEED_THRESHOLD:.0f} points above chance "
+                                   f"({chance:.1f}) on every seed")
   return (f"- {text}: {summary[a][key]['mean']:.1f} vs {summary[b][key]['mean']:.1f} (ratio "
           f"{min(ratios):.2f} at worst, target {fraction:.2f} on every seed{floor}) -> "
           + ("shown." if holds else "NOT shown at this scale."))
