@@ -100,10 +100,11 @@ class DenoiserMixture:
       and targets each fit their own length (T5's encoder-decoder sizing; ~25% of packed prefix-LM
       rows are padding at 1024 + 1024).
     inputs_eos: the inputs end with EOS, `inputs EOS targets` (the recipe's layout, and seqio's).
-      False: `inputs targets`, the first target written from the last inputs token. A causal
-      base pre-trained with seqio's packing never had EOS as an input token, and from that
-      position its U-model learns S's first target token slowly (docs/ul2r.md, "The EOS after
-      the inputs"). Lengths are budgeted as with the EOS (one row position is left unused).
+      False: `inputs targets`, the first target written from the last inputs token. With the
+      EOS, S's first target token is written from a position a pre-trained model reads as the
+      end of a text, and the demo's U-model learns to write it there very slowly (docs/ul2r.md,
+      "The EOS after the inputs"). Lengths are budgeted as with the EOS (one row position is
+      left unused).
   """
   name: str
   denoisers: tuple[Denoiser, ...]
