@@ -222,7 +222,8 @@ def dropout_effect(out: str, rows: int = 16) -> dict:
   if not os.path.exists(imported):
     importer.import_hf(os.path.join(out, "model"), imported, scan_layers=True)
   info = config_lib.read_run_info(imported)
-  vocab, layout = info.build_vocabulary(), info.layout
+  vocab = info.build_vocabulary()
+  layout = info.layout_for(vocab)
   with open(os.path.join(out, "flan.jsonl")) as f:
     examples = [json.loads(line) for line in f][:rows]
   inputs, targets, weights = [], [], []

@@ -159,6 +159,12 @@ def measure(out: str, base: str, per_kind: int, runs=tuple(RUNS)) -> dict:
   return results
 
 
+def _trained_inputs(gen, inputs: list[int]) -> list[int]:
+  """A validation example's inputs (which end with EOS) as `gen`'s run laid them out: without
+  that EOS where its rows had none (`ul2r_preset.inputs_eos = False`)."""
+  return inputs if gen.prompt_eos else inputs[:-1]
+
+
 def _argmax_predictions(gen, tokens: list[int], prefix_len: int) -> np.ndarray:
   """Greedy next-token predictions at every position of one row (`prefix_len` positions
   attended bidirectionally; 0 for causal)."""
@@ -182,7 +188,7 @@ def span_diagnosis(gen_u, gen_base, rows: list[dict]) -> dict[str, float]:
     inputs, targets = row["inputs"], row["targets"]
     # Teacher-forced: [start] inputs targets[:-1], the inputs (with the EOS where the run's rows
     # had one) bidirectional.
-    u_inputs = inputs if gen_u.prompt_eos else inputs[:-1]
+    u_inputs = _trained_inputs(gen_u, inputs)
     u_row = [row_layout.START_SLOT_ID] + u_inputs + targets[:-1]
     pred = _argmax_predictions(gen_u, u_row, 1 + len(u_inputs))
     first = len(u_inputs)  # the position that predicts targets[0]
@@ -234,7 +240,7 @@ def first_s_target(gen, rows: list[dict]) -> dict[str, float]:
   s0 = vocabularies.sentinel_ids(gen.vocabulary)[0]
   predicted = []
   for row in rows:
-    inputs = row["inputs"] if gen.prompt_eos else row["inputs"][:-1]  # the run's own layout
+    inputs = _trained_inputs(gen, row["inputs"])
     tokens = [row_layout.START_SLOT_ID] + inputs + row["targets"][:1]
     predicted.append(int(_argmax_predictions(gen, tokens, 1 + len(inputs))[len(inputs)]))
   return {"first_s_target_is_sentinel0": 100.0 * np.mean([p == s0 for p in predicted]),

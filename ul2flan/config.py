@@ -186,12 +186,11 @@ class RunInfo:
       raise ValueError(f"run.json names model settings this version does not know: {unknown}")
     return DecoderConfig(**self.model)
 
-  @property
-  def layout(self) -> row_layout.RowLayout:
+  def layout_for(self, vocabulary) -> row_layout.RowLayout:
     """How this model's rows and prompts are laid out (the feature converter it was trained with,
-    its vocabulary's start convention, whether its inputs ended with EOS)."""
-    return row_layout.RowLayout.of(self.feature_converter, self.build_vocabulary(),
-                                   self.inputs_eos)
+    its vocabulary's start convention, whether its inputs ended with EOS); `vocabulary` is
+    `build_vocabulary()`'s, built once by the caller."""
+    return row_layout.RowLayout.of(self.feature_converter, vocabulary, self.inputs_eos)
 
   @property
   def prompt_budget(self) -> int | None:

@@ -353,7 +353,7 @@ def load_generator(checkpoint: str, run_info: config_lib.RunInfo | None = None, 
   """
   run_info = run_info or config_lib.read_run_info(checkpoints.model_dir_of(checkpoint))
   vocabulary = run_info.build_vocabulary()
-  layout = row_layout.RowLayout.of(run_info.feature_converter, vocabulary, run_info.inputs_eos)
+  layout = run_info.layout_for(vocabulary)
   if prefix_lm is not None:
     layout = layout.with_bidirectional_inputs(prefix_lm)
   config = run_info.decoder_config

@@ -80,15 +80,19 @@ def get_task(name: str, module: str | None = None):
         f"(MIXTURE_OR_TASK_MODULE, now {module!r}).") from None
 
 
+def _task_names(cfg: DatasetConfig) -> list[str]:
+  """The task, or a mixture's tasks, that `cfg` trains on."""
+  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  return [t.name for t in task.tasks] if isinstance(task, seqio.Mixture) else [task.name]
+
+
 def denoiser_groups(cfg: DatasetConfig) -> dict[str, tuple[int, ...]]:
   """{denoiser kind: its mode token's ids} of a UL2 task (or of a mixture's UL2 tasks); {} for
   any other task. The train and eval steps sum loss and accuracy per group, each packed segment
   in the group of the mode token it begins with (`steps.segment_group_ids`). Kinds that share a
   mode token form one group ("R+X"); a mode token of "" marks no group."""
-  task = get_task(cfg.mixture_or_task_name, cfg.module)
-  names = [t.name for t in task.tasks] if isinstance(task, seqio.Mixture) else [task.name]
   kinds: dict[tuple[int, ...], set[str]] = {}
-  for name in names:
+  for name in _task_names(cfg):
     mixture = ul2_tasks.task_mixture(name)
     if mixture is None:
       continue
@@ -108,9 +112,8 @@ def denoiser_groups(cfg: DatasetConfig) -> dict[str, tuple[int, ...]]:
 def inputs_end_with_eos(cfg: DatasetConfig) -> bool:
   """Whether the task's rows are `inputs EOS targets`: True except for UL2 tasks whose mixture
   says `inputs_eos=False` (`ul2r_preset.inputs_eos`). A mixture of tasks must agree."""
-  task = get_task(cfg.mixture_or_task_name, cfg.module)
-  names = [t.name for t in task.tasks] if isinstance(task, seqio.Mixture) else [task.name]
-  found = {name: getattr(ul2_tasks.task_mixture(name), "inputs_eos", True) for name in names}
+  found = {name: getattr(ul2_tasks.task_mixture(name), "inputs_eos", True)
+           for name in _task_names(cfg)}
   if len(set(found.values())) > 1:
     raise ValueError(f"the tasks of {cfg.mixture_or_task_name!r} lay out their inputs "
                      f"differently (inputs end with EOS: {found}); train them in separate runs, "

@@ -60,7 +60,7 @@ def _check_batch(cfg: data_lib.DatasetConfig, partitioner: partitioning.Partitio
 
 
 def _write_configs(model_dir: str, model_config: DecoderConfig,
-                   train_cfg: data_lib.DatasetConfig) -> None:
+                   train_cfg: data_lib.DatasetConfig, layout: row_layout.RowLayout) -> None:
   """config.gin (what was asked) and run.json (what inference needs), on process 0."""
   if jax.process_index() != 0:
     return
@@ -69,7 +69,7 @@ def _write_configs(model_dir: str, model_config: DecoderConfig,
       model=dataclasses.asdict(model_config), feature_converter=train_cfg.feature_converter,
       task_feature_lengths=dict(train_cfg.task_feature_lengths),
       vocabulary=dataclasses.asdict(vocabularies.configured_spec()),
-      inputs_eos=data_lib.inputs_end_with_eos(train_cfg)))
+      inputs_eos=layout.inputs_eos))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +136,8 @@ def train(model_dir: str, *, train_dataset_cfg: data_lib.DatasetConfig = gin.REQ
       state, data_state, how = checkpointer.restore_or_init(
           builder, train_cfg.seed, data_lib.state_files(train_dataset_cfg))
       start_step = int(state.step)
-      _write_configs(model_dir, model_config, train_dataset_cfg)  # once the start is known good
+      # Once the start is known good.
+      _write_configs(model_dir, model_config, train_dataset_cfg, layout)
       if start_step >= total:
         logger.info("[%s] %s: already at step %d >= TRAIN_STEPS=%d, nothing to train in %s",
                     stage_name, how, start_step, total, model_dir)
