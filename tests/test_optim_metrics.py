@@ -76,10 +76,25 @@ def test_mfu_flops_per_token_is_palm_formula_on_published_models(name):
   assert mfu.model_flops_per_token(cfg, 2048) == pytest.approx(expected, abs=6 * tolerance_b * 1e9)
 
 
-def test_metrics_writer_writes_jsonl(tmp_path):
-  w = metrics.create_writer(str(tmp_path))
-  w.write_scalars(5, {"loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1})
-  w.close()
+def test_metrics_writer_writes_jsonl_and_events_tensorboard_reads(tmp_path):
+  """The jsonl rows, and the same scalars in event files read back by TensorFlow's own reader
+  (what TensorBoard runs on), two writers in one second included (a resumed run's)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for step, loss in ((5, 1.5), (6, 1.25)):
+    w = metrics.create_writer(str(tmp_path), resume_step=step - 1)
+    w.write_scalars(step, {"loss": loss, "tokens_per_second": 10.0, "mfu": 0.1})
+    w.close()
   rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
-  assert rows == [{"step": 5, "loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1}]
-  assert any((tmp_path / "tensorboard" / "train").iterdir())
+  assert rows == [{"step": 5, "loss": 1.5, "tokens_per_second": 10.0, "mfu": 0.1},
+                  {"step": 6, "loss": 1.25, "tokens_per_second": 10.0, "mfu": 0.1}]
+  files = sorted((tmp_path / "tensorboard" / "train").iterdir())
+  assert len(files) == 2 and all(f.name.startswith("events.out.tfevents.") for f in files)
+  scalars = {}
+  for path in files:
+    events = list(tf.compat.v1.train.summary_iterator(str(path)))
+    assert events[0].file_version == "brain.Event:2"
+    for event in events[1:]:
+      for value in event.summary.value:
+        scalars[(event.step, value.tag)] = value.simple_value
+  assert scalars == {(r["step"], k): pytest.approx(v) for r in rows for k, v in r.items()
+                     if k != "step"}
