@@ -65,6 +65,29 @@ def train_micro_model(model_dir: str, *extra_bindings: str) -> str:
   return model_dir
 
 
+def train_in_process(argv: list[str], num_devices: int = 1):
+  """`ul2flan train ARGV` run in this process on its first `num_devices` devices: a reference for
+  a `ul2flan train` process started with `devices_env(num_devices)` (the same XLA programs, so the
+  same numbers), without the seconds a process spends importing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ul2flan import config  # pylint: disable=g-import-not-at-top
+  from ul2flan.commands import configurables  # noqa: F401  pylint: disable=g-import-not-at-top
+  from ul2flan.training import trainer  # pylint: disable=g-import-not-at-top
+  assert argv[0] == "train", argv
+  bindings, rest = config.split_gin_args(argv[1:])
+  flags = dict(arg[2:].split("=", 1) for arg in rest if arg.startswith("--model_dir="))
+  gin_files = [arg.split("=", 1)[1] for arg in rest if arg.startswith("--gin_file=")]
+  assert len(gin_files) + len(flags) == len(rest), rest
+  # Unbound, so that gin does not build the run's own partitioner (MESH_SHAPE over every device)
+  # before the argument below replaces it.
+  config.parse_gin(gin_files, [*bindings, "train.partitioner = None"], command="train")
+  try:
+    return trainer.train(flags["model_dir"], partitioner=partitioning.Partitioner(
+        {"data": num_devices}, devices=jax.devices()[:num_devices]))
+  finally:
+    config.parse_gin([])
+
+
 def read_last_params(model_dir) -> tuple[int, dict]:
   """(the newest step, its params) of a model dir, read with orbax directly."""
   _, step = checkpoints.resolve_step_dir(str(model_dir))

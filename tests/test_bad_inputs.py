@@ -327,10 +327,5 @@ def test_malformed_jsonl_corpus_inspect(env):
   assert "corpus_train.jsonl:2" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_malformed_jsonl_corpus_train(env, tmp_path):
-  r = _run_bounded([*TRAIN, f"--model_dir={tmp_path}/run", "--gin.TRAIN_STEPS=2",
-                    "--gin.MIXTURE_OR_TASK_MODULE='bad_corpus_tasks'",
-                    "--gin.MIXTURE_OR_TASK_NAME='bad_corpus'", *PREFIX_LM],
-                   {"PYTHONPATH": env.data})
-  assert r.returncode == 2, r.stderr
-  assert "corpus_train.jsonl:2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+# `ul2flan train` on a malformed corpus, as a process: tests/test_pipeline_errors.py (it also
+# checks that the process exits within seconds of the error).

