@@ -168,7 +168,10 @@ def test_train_and_resume_in_a_bucket(gcs, bucket_run, tmp_path):
   assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
   local = tmp_path / "local"
   train_in_process(TRAIN + [f"--model_dir={local}", "--gin.TRAIN_STEPS=6"])
-  assert _losses(rows) == _losses(_rows((local / "metrics.jsonl").read_bytes()))
+  # Equal to float32 rounding: the reference's process has 4 devices (bit-exact resume is
+  # test_fault_injection's, between processes alike).
+  np.testing.assert_allclose(_losses(rows), _losses(_rows((local / "metrics.jsonl").read_bytes())),
+                             rtol=1e-6)
   for where in (REPO_ROOT, os.getcwd()):
     assert not os.path.exists(os.path.join(where, "gs:")), where
 
@@ -386,4 +389,6 @@ def test_a_stage_trains_from_an_import_in_the_bucket(gcs, bucket_import, local_i
   ours = _losses(_rows(gcs.read("stage_from_bucket/metrics.jsonl")))
   theirs = _losses(_rows(_read_local(os.path.dirname(local_import), "stage_local",
                                      "metrics.jsonl")))
-  assert ours == theirs  # the same model, data and step, wherever the files live
+  # The same model, data and step, wherever the files live (to float32 rounding: the reference
+  # ran in this 4-device process).
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)

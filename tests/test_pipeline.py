@@ -70,9 +70,9 @@ def test_interrupted_pipeline_resumes_exactly_and_reports_four_models(tmp_path, 
     assert run_info["inputs_eos"] is (stage != "ul2r")
 
   report = (d / "report.md").read_text()
-  # demo_quick.gin (included by the micro gin) evaluates 36 evenly spaced held-out examples.
+  # The micro gin evaluates 12 evenly spaced held-out examples.
   examples = demo_tasks.heldout_eval_examples("test")
-  gold = [e["targets"] for e in examples[::len(examples) // 36][:36]]
+  gold = [e["targets"] for e in examples[::len(examples) // 12][:12]]
   for model, label in LABELS.items():
     assert f"| {label} |" in report
     rows = [json.loads(l) for l in (d / "eval" / f"{model}.heldout.jsonl").read_text().splitlines()]
