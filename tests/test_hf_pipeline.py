@@ -5,6 +5,7 @@ every stage, the Flan-U one checked in transformers against ul2flan's own checkp
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,7 +41,17 @@ def write_flan_export(path, n=400):
                           "_template_type": "zs_opt"}) + "\n")
 
 
-def run_pipeline(model_dir, hf_dir, corpus, flan):
+def write_benchmarks(data_dir, task="boolean_expressions"):
+  """One BBH subtask of the shared sample (all 27 would cost minutes here: the tokenizer trained
+  for this test spells their 3-shot prompts in thousands of tokens)."""
+  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
+    os.makedirs(os.path.join(data_dir, "bbh", sub))
+    shutil.copy(os.path.join(EVAL_DATA, "bbh", sub, f"{task}.{ext}"),
+                os.path.join(data_dir, "bbh", sub))
+  return data_dir
+
+
+def run_pipeline(model_dir, hf_dir, corpus, flan, benchmarks):
   # EVAL_PERIOD = 3: the validation and held-out text passes run on the slices held out of the
   # train-only corpus and Flan export (neither has a validation file).
   small = ["TRAIN_STEPS = 3", "BATCH_SIZE = 4", "EVAL_PERIOD = 3",
@@ -53,7 +64,7 @@ def run_pipeline(model_dir, hf_dir, corpus, flan):
       f"--gin.HF_MODEL='{hf_dir}'", f"--gin.UL2R_CORPUS='jsonl:{corpus}'",
       f"--gin.FLAN_DATA='{flan}'",
       f"--gin.run_pipeline.ul2r_bindings={ul2r!r}", f"--gin.run_pipeline.flan_bindings={flan_!r}",
-      f"--gin.BENCHMARKS_DATA='{EVAL_DATA}'", "--gin.evaluation_settings.benchmarks=['bbh']",
+      f"--gin.BENCHMARKS_DATA='{benchmarks}'", "--gin.evaluation_settings.benchmarks=['bbh']",
       "--gin.evaluation_settings.benchmark_modes='direct'",
       "--gin.evaluation_settings.benchmark_max_examples=1",
       "--gin.evaluation_settings.text_infilling_examples=4",
@@ -74,7 +85,8 @@ def test_hf_pipeline_end_to_end(tmp_path):
   write_corpus(corpus)
   write_flan_export(flan)
   d = tmp_path / "run"
-  log = run_pipeline(d, hf_dir, corpus, flan)
+  benchmarks = write_benchmarks(str(tmp_path / "eval"))
+  log = run_pipeline(d, hf_dir, corpus, flan, benchmarks)
 
   assert json.loads((d / "base" / "run.json").read_text())["vocabulary"]["kind"] == "hf"
   for stage, converter in (("ul2r", "prefix_lm"), ("flan_ul2r", "prefix_lm"),
@@ -121,6 +133,6 @@ def test_hf_pipeline_end_to_end(tmp_path):
       for name in ("DONE", "metrics.jsonl", "run.json")]
   before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written}
   checkpoints_before = sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*"))
-  run_pipeline(d, hf_dir, corpus, flan)
+  run_pipeline(d, hf_dir, corpus, flan, benchmarks)
   assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == before
   assert sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*")) == checkpoints_before
