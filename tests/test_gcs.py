@@ -183,7 +183,11 @@ def test_pipeline_stage_in_a_bucket(gcs, bucket_run):
   model_dir = f"gs://{BUCKET}/pipe"
   r = run_cli(["pipeline", "--gin_file=tests/testdata/pipeline_micro.gin",
                f"--model_dir={model_dir}", f"--gin.run_pipeline.initial_checkpoint_path="
-               f"'{base_in_bucket}'", "--gin.run_pipeline.compare=False"], gcs.env, timeout=900)
+               f"'{base_in_bucket}'", "--gin.run_pipeline.compare=False",
+               # what is written where is the point here, not the scores
+               "--gin.evaluation_settings.heldout_max_examples=4",
+               "--gin.evaluation_settings.knowledge_max_people=1",
+               "--gin.evaluation_settings.infilling_examples=2"], gcs.env, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
   assert json.loads(gcs.read("pipe/ul2r/run.json"))["feature_converter"] == "prefix_lm"
   # The stage's saved config says where its params came from.

@@ -18,6 +18,7 @@ import torch
 import hf_reference
 from helpers import REPO_ROOT
 from ul2flan import checkpoints, config as config_lib, partitioning
+from ul2flan.commands import main as cli
 from ul2flan.model import decoder as decoder_lib
 
 EVAL_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
@@ -51,7 +52,7 @@ def write_benchmarks(data_dir, task="boolean_expressions"):
   return data_dir
 
 
-def run_pipeline(model_dir, hf_dir, corpus, flan, benchmarks):
+def run_pipeline(model_dir, hf_dir, corpus, flan, benchmarks, in_process=False):
   # EVAL_PERIOD = 3: the validation and held-out text passes run on the slices held out of the
   # train-only corpus and Flan export (neither has a validation file).
   small = ["TRAIN_STEPS = 3", "BATCH_SIZE = 4", "EVAL_PERIOD = 3",
@@ -69,6 +70,9 @@ def run_pipeline(model_dir, hf_dir, corpus, flan, benchmarks):
       "--gin.evaluation_settings.benchmark_max_examples=1",
       "--gin.evaluation_settings.text_infilling_examples=4",
       "--gin.evaluation_settings.batch_size=8", "--gin.hf_export_settings.dtype='float32'"]
+  if in_process:
+    assert cli.main(["pipeline", *args]) == 0
+    return None
   r = subprocess.run([sys.executable, "-m", "ul2flan", "pipeline", *args], cwd=REPO_ROOT,
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
@@ -126,13 +130,13 @@ def test_hf_pipeline_end_to_end(tmp_path):
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(d / "flan_ul2r" / "hf"))
   assert hf_tok.convert_tokens_to_ids("<extra_id_0>") == 300  # the first unused row
 
-  # A re-run converts and trains nothing again: every file the import and the stages wrote is
-  # left as it was (same bytes, not rewritten).
+  # A re-run (here in this process: nothing to compile) converts and trains nothing again: every
+  # file the import and the stages wrote is left as it was (same bytes, not rewritten).
   written = [d / "base" / "ul2flan.json", d / "base" / "model.gin"] + [
       d / stage / name for stage in ("ul2r", "flan_ul2r", "flan_base")
       for name in ("DONE", "metrics.jsonl", "run.json")]
   before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written}
   checkpoints_before = sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*"))
-  run_pipeline(d, hf_dir, corpus, flan, benchmarks)
+  run_pipeline(d, hf_dir, corpus, flan, benchmarks, in_process=True)
   assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == before
   assert sorted(str(p.relative_to(d)) for p in d.glob("*/checkpoints/*")) == checkpoints_before

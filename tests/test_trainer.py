@@ -14,7 +14,7 @@ from ul2flan.training import steps, trainer
 from ul2flan.training.checkpointer import Checkpointer
 from ul2flan.training.metrics import read_metrics
 from helpers import (MICRO_FLAGS, devices_env, lm_dataset, micro_config, quiet_train_config,
-                     read_last_params, run_cli)
+                     read_last_params, run_cli, train_in_process)
 
 STEPS = 6
 
@@ -57,7 +57,7 @@ def _quiet(stderr: str) -> None:
 
 
 def test_stop_and_resume_is_exact(tmp_path, single_device_run):
-  """N steps in one process, stop, then N more in a new process == 2N straight."""
+  """N steps (in this process), stop, then N more in a new process == 2N straight."""
   straight = tmp_path / "straight"
   _train(straight, devices=jax.devices()[:1], steps=2 * STEPS)
   resumed = tmp_path / "resumed"
@@ -65,12 +65,9 @@ def test_stop_and_resume_is_exact(tmp_path, single_device_run):
           *MICRO_FLAGS, "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
           "--gin.MESH_SHAPE={'data': 1}", "--gin.EVAL_PERIOD=0", "--gin.TrainConfig.log_period=1",
           "--gin.make_schedule.warmup_steps=100", "--gin.TrainConfig.peak_flops_per_device=1e12"]
-  env = devices_env(1)
-  r = run_cli(args + [f"--gin.TRAIN_STEPS={STEPS}"], env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f"[train] from scratch; training to step {STEPS}" in r.stderr
-  _quiet(r.stderr)
-  r = run_cli(args + [f"--gin.TRAIN_STEPS={2 * STEPS}"], env)
+  first = train_in_process(args + [f"--gin.TRAIN_STEPS={STEPS}"])
+  assert first.step == STEPS and read_last_params(resumed)[0] == STEPS
+  r = run_cli(args + [f"--gin.TRAIN_STEPS={2 * STEPS}"], devices_env(1))
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from step 6" in r.stderr
   assert "restored the iterator state at batch 6 (no replay)" in r.stderr
