@@ -117,7 +117,6 @@ class JsonlWriter(_ScalarWriter):
       self.path.write_text("".join(self.lines))
 
 
-
 # Tells apart event files a process opens in the same second (TensorBoard's own naming).
 _EVENT_FILE_IDS = itertools.count()
 
