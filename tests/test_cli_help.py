@@ -6,7 +6,10 @@ macros gin holds after parsing base.gin.
 """
 
 import inspect
+import os
 import re
+import subprocess
+import sys
 
 import gin
 
@@ -70,3 +73,15 @@ def test_pipeline_help_lists_only_what_the_pipeline_reads():
   listed = _listed(_help("pipeline"))
   expected = {k: v for k, v in _configurables().items() if k in PIPELINE_ONLY}
   assert listed == expected
+
+
+def test_the_command_line_imports_neither_torch_nor_transformers():
+  """torch and transformers are test-only (README): a fresh interpreter that loads every command
+  has neither, although both are installed here (tensorboardX used to pull torch into every
+  process, 1.5-4 s of each start)."""
+  code = ("import sys; import ul2flan.commands.main; "
+          "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip().splitlines()[-1] == "[]"
