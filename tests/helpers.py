@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,21 @@ def devices_env(count: int) -> dict[str, str]:
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                  os.environ.get("XLA_FLAGS", "")).split()
   return {"XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])}
+
+
+# The sample benchmark files beside the repository (../shared/data/eval; layout: docs/evaluation.md).
+SHARED_EVAL_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
+
+
+def copy_bbh_subtasks(data_dir: str, tasks) -> str:
+  """A benchmarks dir holding only these BBH subtasks of the shared sample (items and CoT
+  prompts): evaluations in tests stay small. Returns `data_dir`."""
+  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
+    os.makedirs(os.path.join(data_dir, "bbh", sub))
+    for task in tasks:
+      shutil.copy(os.path.join(SHARED_EVAL_DATA, "bbh", sub, f"{task}.{ext}"),
+                  os.path.join(data_dir, "bbh", sub))
+  return data_dir
 
 
 def run_cli(args, env_extra=None, timeout=300):

@@ -5,7 +5,6 @@ every stage, the Flan-U one checked in transformers against ul2flan's own checkp
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,12 +15,11 @@ import pytest
 import torch
 
 import hf_reference
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, copy_bbh_subtasks
 from ul2flan import checkpoints, config as config_lib, partitioning
 from ul2flan.commands import main as cli
 from ul2flan.model import decoder as decoder_lib
 
-EVAL_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "eval")
 WORDS = ["Alice", "Bob", "lives", "in", "Paris", "Lyon", "the", "cat", "sat", "on", "a", "mat",
          "works", "as", "baker", "teacher", "and", "is", "from"]
 
@@ -40,16 +38,6 @@ def write_flan_export(path, n=400):
       f.write(json.dumps({"inputs": f"Where does {WORDS[i % 4]} live? ({i})", "targets": "in Paris",
                           "_task_name": name, "_task_source": source,
                           "_template_type": "zs_opt"}) + "\n")
-
-
-def write_benchmarks(data_dir, task="boolean_expressions"):
-  """One BBH subtask of the shared sample (all 27 would cost minutes here: the tokenizer trained
-  for this test spells their 3-shot prompts in thousands of tokens)."""
-  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
-    os.makedirs(os.path.join(data_dir, "bbh", sub))
-    shutil.copy(os.path.join(EVAL_DATA, "bbh", sub, f"{task}.{ext}"),
-                os.path.join(data_dir, "bbh", sub))
-  return data_dir
 
 
 def run_pipeline(model_dir, hf_dir, corpus, flan, benchmarks, in_process=False):
@@ -89,7 +77,9 @@ def test_hf_pipeline_end_to_end(tmp_path):
   write_corpus(corpus)
   write_flan_export(flan)
   d = tmp_path / "run"
-  benchmarks = write_benchmarks(str(tmp_path / "eval"))
+  # One BBH subtask (all 27 would cost minutes here: the tokenizer trained for this test spells
+  # their 3-shot prompts in thousands of tokens).
+  benchmarks = copy_bbh_subtasks(str(tmp_path / "eval"), ["boolean_expressions"])
   log = run_pipeline(d, hf_dir, corpus, flan, benchmarks)
 
   assert json.loads((d / "base" / "run.json").read_text())["vocabulary"]["kind"] == "hf"

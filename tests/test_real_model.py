@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import tokenizers
 import torch
 import transformers
 
+from helpers import copy_bbh_subtasks
 from ul2flan import checkpoints, config as config_lib, partitioning
 from ul2flan.commands import main as cli
 from ul2flan.hf import exporter
@@ -301,11 +301,7 @@ def test_eval_on_bbh_answers_as_a_transformers_loop(smollm2_ul2flan_dir, hf_mode
   """`ul2flan eval` on a few BBH items (3-shot, direct, through the chat template) writes, for
   every prompt, the continuation a plain transformers greedy loop writes for the same text (to
   the end of the turn, cut at BBH's stop)."""
-  shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
-  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
-    os.makedirs(tmp_path / "data" / "bbh" / sub)
-    for task in BBH_TASKS:
-      shutil.copy(os.path.join(shared, sub, f"{task}.{ext}"), tmp_path / "data" / "bbh" / sub)
+  copy_bbh_subtasks(str(tmp_path / "data"), BBH_TASKS)
   out = tmp_path / "eval"
   assert cli.main(["eval", "--checkpoint", smollm2_ul2flan_dir, "--benchmark", "bbh", "--mode",
                    "direct", "--data_dir", str(tmp_path / "data"), "--max_examples", "2",
