@@ -36,6 +36,33 @@ CACHE_NAME = f"smollm2-135m-instruct-{WHEEL_VERSION}-r{RECIPE}"
 COMPLETE = "BUILD_COMPLETE"  # written last: a dir without it is not a finished build
 STALE_PARTIAL_SECONDS = 3600  # an older temporary dir was left by an interrupted build
 
+# About 400 tokens of ordinary English prose (the logits test needs 300+: RoPE is the identity at
+# position 0, and long-range attention only shows on long inputs).
+ENGLISH_TEXT = (
+    "Before the printing press, a book was copied by hand, one page at a time, and a large "
+    "library might hold a few hundred volumes. Around 1450, Johannes Gutenberg, a goldsmith from "
+    "Mainz, combined several existing ideas into a practical system: movable metal type cast in "
+    "a hand mould, an oil-based ink that clung to metal, and a press adapted from those used to "
+    "make wine and paper. None of these parts was entirely new, but together they allowed a "
+    "small workshop to produce hundreds of identical copies of a text in the time a scribe "
+    "needed for one.\n\n"
+    "The consequences spread slowly at first and then very quickly. By 1500, presses were "
+    "operating in more than two hundred European towns, and historians estimate that millions "
+    "of books had been printed. Prices fell, and readers who had never owned a book could now "
+    "buy pamphlets, almanacs and grammars. Scholars could compare the same edition across "
+    "cities, which made it easier to correct errors and to argue about details; a mistake in a "
+    "manuscript stayed local, while a mistake in print was visible to everyone.\n\n"
+    "Printing also changed languages. Printers preferred spellings that would sell across a "
+    "wide region, so local variants gradually gave way to standard forms. Dictionaries and "
+    "grammars followed, and national literatures took shape around them. At the same time, "
+    "governments and churches discovered that the press was difficult to control: a forbidden "
+    "text could be set in type in one city and smuggled into another within weeks.\n\n"
+    "Modern historians are careful not to credit a single machine with every change of the "
+    "following centuries. Literacy grew unevenly, many people still listened to texts read "
+    "aloud, and handwritten copies remained common for letters, accounts and music. Still, the "
+    "press made it cheap to reproduce knowledge exactly, and that simple fact shaped science, "
+    "religion, politics and education in ways that are still being studied today.")
+
 # Set to 1 (CI) to turn "no network" into a failure instead of a skip.
 REQUIRE_ENV = "UL2FLAN_REQUIRE_REAL_MODEL"
 
@@ -138,3 +165,26 @@ def smollm2_hf_dir(root: str | None = None) -> str:
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return final
+
+
+def first_layers(hf_dir: str, out_dir: str, num_layers: int) -> str:
+  """`hf_dir` with only its first `num_layers` decoder layers: the real embeddings, tokenizer,
+  chat template, generation config and layer weights, `num_hidden_layers` cut to match. What
+  the recipe's conventions depend on (the tokenizer's start and special tokens, the chat
+  template, the exports' files) is unchanged; a 30-layer training step is not, which a
+  pipeline test cannot afford on 2 cores. transformers loads it as it loads the original."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir)
+  kept = lambda name: not name.startswith("model.layers.") or int(name.split(".")[2]) < num_layers
+  tensors = safetensors.numpy.load_file(os.path.join(hf_dir, "model.safetensors"))
+  safetensors.numpy.save_file({k: v for k, v in tensors.items() if kept(k)},
+                              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  for name in os.listdir(hf_dir):
+    if name not in ("model.safetensors", "config.json", COMPLETE):
+      shutil.copy(os.path.join(hf_dir, name), out_dir)
+  with open(os.path.join(hf_dir, "config.json")) as f:
+    config = json.load(f)
+  config["num_hidden_layers"] = num_layers
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  return out_dir

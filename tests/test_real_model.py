@@ -27,39 +27,13 @@ import torch
 import transformers
 
 from helpers import copy_bbh_subtasks
+from real_model import ENGLISH_TEXT
 from ul2flan import checkpoints, config as config_lib, partitioning
 from ul2flan.commands import main as cli
 from ul2flan.hf import exporter
 from ul2flan.hf_vocab import token_layout
 from ul2flan.inference import generator as generator_lib
 from ul2flan.model import decoder as decoder_lib
-
-# About 400 tokens of ordinary English prose (the logits test needs 300+: RoPE is the identity at
-# position 0, and long-range attention only shows on long inputs).
-ENGLISH_TEXT = (
-    "Before the printing press, a book was copied by hand, one page at a time, and a large "
-    "library might hold a few hundred volumes. Around 1450, Johannes Gutenberg, a goldsmith from "
-    "Mainz, combined several existing ideas into a practical system: movable metal type cast in "
-    "a hand mould, an oil-based ink that clung to metal, and a press adapted from those used to "
-    "make wine and paper. None of these parts was entirely new, but together they allowed a "
-    "small workshop to produce hundreds of identical copies of a text in the time a scribe "
-    "needed for one.\n\n"
-    "The consequences spread slowly at first and then very quickly. By 1500, presses were "
-    "operating in more than two hundred European towns, and historians estimate that millions "
-    "of books had been printed. Prices fell, and readers who had never owned a book could now "
-    "buy pamphlets, almanacs and grammars. Scholars could compare the same edition across "
-    "cities, which made it easier to correct errors and to argue about details; a mistake in a "
-    "manuscript stayed local, while a mistake in print was visible to everyone.\n\n"
-    "Printing also changed languages. Printers preferred spellings that would sell across a "
-    "wide region, so local variants gradually gave way to standard forms. Dictionaries and "
-    "grammars followed, and national literatures took shape around them. At the same time, "
-    "governments and churches discovered that the press was difficult to control: a forbidden "
-    "text could be set in type in one city and smuggled into another within weeks.\n\n"
-    "Modern historians are careful not to credit a single machine with every change of the "
-    "following centuries. Literacy grew unevenly, many people still listened to texts read "
-    "aloud, and handwritten copies remained common for letters, accounts and music. Still, the "
-    "press made it cheap to reproduce knowledge exactly, and that simple fact shaped science, "
-    "religion, politics and education in ways that are still being studied today.")
 
 GREEDY_PROMPTS = ("The capital of France is", "Water boils at a temperature of",
                   "The three primary colors are")

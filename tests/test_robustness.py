@@ -251,3 +251,26 @@ def test_nothing_unpickles_or_executes_loaded_data():
             if risky.search(line.split("#")[0]):
               hits.append(f"{os.path.relpath(path, REPO_ROOT)}:{i}: {line.strip()}")
   assert not hits, "\n".join(hits)
+
+
+def test_an_empty_eval_split_is_said_once_not_scored_as_zero_silently(monkeypatch, caplog):
+  """A held-out slice of a small file can be empty: the pass scores no token and writes zeros;
+  the user is told once (not every period) what it means and what to fix."""
+  from ul2flan.training import evaluator, hooks  # pylint: disable=g-import-not-at-top
+
+  class Writer:
+    rows = []
+    write_scalars = lambda self, step, row: self.rows.append((step, row))
+    flush = lambda self: None
+
+  monkeypatch.setattr(evaluator, "evaluate", lambda *a: {"loss": 0.0, "accuracy": 0.0,
+                                                         "tokens": 0.0})
+  cfg = lm_dataset(split="validation")
+  hook = evaluator.Evaluator(None, cfg, 2, Writer(), hooks.Stopwatch())
+  with caplog.at_level("WARNING", logger=evaluator.__name__):
+    for step in (2, 4):
+      hook(hooks.StepInfo(step, steps.TrainState(step=step, params={}, opt_state=None), {},
+                          last=step == 4))
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1 and "'demo_lm' split 'validation' scored no tokens" in warnings[0]
+  assert [step for step, _ in Writer.rows] == [2, 4]  # still written: the rows say 0 tokens

@@ -95,6 +95,7 @@ class Evaluator:
     self.writer, self.stopwatch = writer, stopwatch
     self.cache: dict = {}
     self.last: dict = {}
+    self.warned_empty = False
 
   def __call__(self, info: hooks_lib.StepInfo) -> None:
     with self.stopwatch.paused():
@@ -102,6 +103,12 @@ class Evaluator:
                            self.cache)
       self.writer.write_scalars(info.step, self.last)
       self.writer.flush()
+    if not self.last["tokens"] and not self.warned_empty:
+      self.warned_empty = True  # once: every later pass reads the same empty split
+      logger.warning("evaluation of %r split %r scored no tokens (loss and accuracy read 0): the "
+                     "split is empty, e.g. a held-out slice of a small file (ul2flan/holdout.py); "
+                     "give the data a validation file or more rows", self.cfg.mixture_or_task_name,
+                     self.cfg.split)
 
 
 class TextLossRose(guards.RunStopped):
