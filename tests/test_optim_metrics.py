@@ -4,6 +4,7 @@ import math
 import os
 
 import gin
+import jax
 import numpy as np
 import pytest
 
@@ -60,6 +61,20 @@ def test_adafactor_unfactored_matches_hand_update():
 PALM_PUBLISHED = {"palm_8b": (8.63, 32, 16, 256, 4096), "palm_62b": (62.50, 64, 32, 256, 8192),
                   "palm_540b": (540.35, 118, 48, 256, 18432)}
 
+
+def test_the_cpu_matmul_peak_is_measured_once_per_process(monkeypatch):
+  """Every stage of a pipeline runs in one process: one measurement (seconds on a CPU host), one
+  MFU denominator for all of them."""
+  calls = []
+  monkeypatch.setattr(mfu, "measure_matmul_peak", lambda: calls.append(1) or 8e10)
+  mfu.peak_flops_per_device.cache_clear()
+  try:
+    first, second = mfu.peak_flops_per_device(), mfu.peak_flops_per_device()
+  finally:
+    mfu.peak_flops_per_device.cache_clear()  # later tests measure for real
+  assert first == second == (8e10 / jax.local_device_count(),
+                             "float32 2048^3 matmul measured in this process")
+  assert len(calls) == 1
 
 @pytest.mark.parametrize("name", sorted(PALM_PUBLISHED))
 def test_mfu_flops_per_token_is_palm_formula_on_published_models(name):

@@ -9,6 +9,7 @@ what this machine can actually do).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -66,6 +67,9 @@ def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> f
   return 2.0 * n ** 3 / best
 
 
+# Once per process: the pipeline trains its stages in one process, and each measurement costs
+# seconds on a CPU host (and would give each stage's MFU a different denominator).
+@functools.cache
 def peak_flops_per_device(measure_on_cpu: bool = True) -> tuple[float, str]:
   dev = jax.devices()[0]
   known = datasheet_peak(dev.device_kind)
