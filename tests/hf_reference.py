@@ -133,3 +133,17 @@ def hf_logits(model: transformers.PreTrainedModel, tokens: np.ndarray, **kwargs)
   with torch.no_grad():
     out = model(torch.as_tensor(tokens, dtype=torch.long), **kwargs)
   return out.logits.float().numpy()
+
+
+def prefix_lm_mask(prompt_length: int, total_length: int, window: int | None = None
+                   ) -> torch.Tensor:
+  """docs/hf.md's 4-D mask: causal, plus bidirectional within the prompt; with a sliding
+  `window`, keys also less than `window` positions away (either side, as ul2flan's prefix LM).
+  Additive float (0 where visible): both the sdpa and the eager attention of transformers take it."""
+  q = torch.arange(total_length)[:, None]
+  k = torch.arange(total_length)[None, :]
+  visible = (k <= q) | ((k < prompt_length) & (q < prompt_length))
+  if window is not None:
+    visible &= (q - k).abs() < window
+  mask = torch.zeros(total_length, total_length)
+  return mask.masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]

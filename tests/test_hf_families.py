@@ -129,31 +129,17 @@ def test_export_loads_in_transformers_and_reimports_bit_identically(imported, tm
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def prefix_lm_mask(prompt_length: int, total_length: int, window: int | None = None
-                   ) -> torch.Tensor:
-  """docs/hf.md's 4-D mask: causal, plus bidirectional within the prompt; with a sliding
-  `window`, keys also less than `window` positions away (either side, as ul2flan's prefix LM).
-  Additive float (0 where visible): both the sdpa and the eager attention of transformers take it."""
-  q = torch.arange(total_length)[:, None]
-  k = torch.arange(total_length)[None, :]
-  visible = (k <= q) | ((k < prompt_length) & (q < prompt_length))
-  if window is not None:
-    visible &= (q - k).abs() < window
-  mask = torch.zeros(total_length, total_length)
-  return mask.masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
-
-
 def prefix_lm_attention_mask(config, prompt_length: int, total_length: int):
   """What to pass as `attention_mask`: one mask, or one per layer type (Gemma 2, Qwen) when
   sliding and global layers mix."""
   window = getattr(config, "sliding_window", None)
   types = set(getattr(config, "layer_types", None) or [])
   if window is None or types == {"full_attention"}:
-    return prefix_lm_mask(prompt_length, total_length)
+    return hf_reference.prefix_lm_mask(prompt_length, total_length)
   if not types:  # Mistral: every layer slides
-    return prefix_lm_mask(prompt_length, total_length, window)
-  return {"full_attention": prefix_lm_mask(prompt_length, total_length),
-          "sliding_attention": prefix_lm_mask(prompt_length, total_length, window)}
+    return hf_reference.prefix_lm_mask(prompt_length, total_length, window)
+  return {"full_attention": hf_reference.prefix_lm_mask(prompt_length, total_length),
+          "sliding_attention": hf_reference.prefix_lm_mask(prompt_length, total_length, window)}
 
 
 def hf_prefix_lm_greedy(model, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:

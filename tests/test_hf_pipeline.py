@@ -24,12 +24,12 @@ import tokenizers
 import torch
 import transformers
 
+import hf_reference
 import real_model
 from helpers import copy_bbh_subtasks, run_cli
 from ul2flan import checkpoints, config as config_lib, partitioning
 from ul2flan.commands import main as cli
 from ul2flan.model import decoder as decoder_lib
-from test_hf_families import prefix_lm_mask
 
 LAYERS = 2
 # The pipeline's documented rule (ul2flan/holdout.py): a document whose FarmHash fingerprint is 0
@@ -131,7 +131,8 @@ def test_hf_pipeline_on_the_real_model(smollm2_hf_dir, tmp_path):
     info = config_lib.read_run_info(str(run / stage))
     assert info.feature_converter == converter and info.vocabulary["kind"] == "hf"
     assert (run / stage / "DONE").exists() and (run / stage / "hf" / "config.json").exists()
-    eval_rows = [json.loads(l) for l in (run / stage / "metrics_eval.jsonl").read_text().splitlines()]
+    eval_rows = [json.loads(line) for line in
+                 (run / stage / "metrics_eval.jsonl").read_text().splitlines()]
     assert any(r.get("tokens", 0) > 0 for r in eval_rows)  # the held-out slices were scored
   assert not (run / "base" / "hf").exists()  # the base was not trained here
 
@@ -184,7 +185,7 @@ def test_hf_pipeline_on_the_real_model(smollm2_hf_dir, tmp_path):
       {"params": params}, jnp.asarray(to_model[ids][None]),
       decoder_causal_attention=jnp.asarray(prefix)))[0]
   with torch.no_grad():
-    theirs = export(torch.as_tensor([ids]), attention_mask=prefix_lm_mask(50, len(ids))
+    theirs = export(torch.as_tensor([ids]), attention_mask=hf_reference.prefix_lm_mask(50, len(ids))
                     ).logits[0].numpy()
   np.testing.assert_allclose(theirs[:, :len(to_model)], ours[:, to_model], atol=1e-4, rtol=0)
 
