@@ -4,12 +4,12 @@ score by its published definition, the seed summary by hand-computed means."""
 
 import copy
 import json
-import os
 import shutil
 
 import jax
 import pytest
 
+from helpers import copy_bbh_subtasks
 from ul2flan import row_layout
 from ul2flan import stop_sequences
 from ul2flan import vocabularies
@@ -509,11 +509,7 @@ def test_the_u_model_is_also_read_as_the_causal_lm_it_was_pre_trained_as(trained
   the prompt, prompt EOS, bidirectional prompt; the answers those ids give, laid out by hand)
   and causally; the causal reading answers exactly as the same checkpoint loaded as the causal
   LM it is. Other models are read once, without a mode token."""
-  shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eval", "bbh")
-  for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
-    os.makedirs(tmp_path / "data" / "bbh" / sub)
-    shutil.copy(os.path.join(shared, sub, f"boolean_expressions.{ext}"),
-                tmp_path / "data" / "bbh" / sub)
+  copy_bbh_subtasks(str(tmp_path / "data"), ["boolean_expressions"])
   eval_settings = settings.EvaluationSettings(
       benchmarks_data_dir=str(tmp_path / "data"), benchmarks=["bbh"], benchmark_modes="direct",
       benchmark_max_examples=3, batch_size=4)
